@@ -7,32 +7,60 @@
 #include "dtype_access.h"
 #include "featprune/kernels.h"
 
+#ifdef FEATPRUNE_OPENMP
+#include <omp.h>
+#endif
+
 namespace featprune {
 namespace {
 
-// Features per task: small enough to give every thread work for narrow models,
-// large enough that each token row is read in contiguous runs.
-constexpr int64_t kFeatureChunk = 128;
+// Each task owns a contiguous feature range and walks the tokens in order, so a
+// feature's sum never depends on how features were split among threads. Ranges
+// are wide (about F / threads) so each token row is read in long contiguous
+// runs that the hardware prefetcher follows.
+constexpr int64_t kMinFeatureChunk = 64;
+
+// Tokens summed in fp32 before folding into the double total: the fp32 inner
+// loop vectorises, and a short block keeps its rounding error small.
+constexpr int64_t kTokenBlock = 64;
 
 template <typename Tag>
-void accumulate_chunk(const AccumulateStatsArgs& a, int64_t f0, int64_t f1, std::vector<uint8_t>& counted) {
+void accumulate_chunk(const AccumulateStatsArgs& a, int64_t f0, int64_t f1, const std::vector<uint8_t>& counted) {
   using S = typename Tag::storage;
   const S* x = static_cast<const S*>(a.x.data);
-  const int64_t width = f1 - f0;
-  // double accumulators: a few million tokens per feature stay accurate.
-  std::vector<double> sum(width, 0.0);
-  std::vector<float> amax(width, 0.0f);
-  for (int64_t t = 0; t < a.x.rows; ++t) {
-    if (!counted[t]) continue;
-    const S* row = x + t * a.x.row_stride;
-    for (int64_t f = 0; f < width; ++f) {
-      const float v = Tag::load(row + (f0 + f) * a.x.col_stride);
-      sum[f] += double(v) * double(v);
-      amax[f] = std::max(amax[f], std::fabs(v));
+  const int64_t width = f1 - f0, cs = a.x.col_stride;
+  std::vector<float> block_sum_buf(width), amax_buf(width, 0.0f);
+  std::vector<double> total(width, 0.0);
+  // __restrict: for fp32 input the compiler must otherwise assume x may alias
+  // these float buffers, and would not vectorise the inner loop.
+  float* __restrict block_sum = block_sum_buf.data();
+  float* __restrict amax = amax_buf.data();
+  for (int64_t t0 = 0; t0 < a.x.rows; t0 += kTokenBlock) {
+    std::fill(block_sum, block_sum + width, 0.0f);
+    const int64_t t1 = std::min(a.x.rows, t0 + kTokenBlock);
+    for (int64_t t = t0; t < t1; ++t) {
+      if (!counted[t]) continue;
+      const S* __restrict row = x + t * a.x.row_stride + f0 * cs;
+      if (cs == 1) {
+        for (int64_t f = 0; f < width; ++f) {
+          const float v = Tag::load(row + f);
+          block_sum[f] += v * v;
+          const float av = std::fabs(v);
+          amax[f] = av > amax[f] ? av : amax[f];
+        }
+      } else {
+        for (int64_t f = 0; f < width; ++f) {
+          const float v = Tag::load(row + f * cs);
+          block_sum[f] += v * v;
+          const float av = std::fabs(v);
+          amax[f] = av > amax[f] ? av : amax[f];
+        }
+      }
     }
+    for (int64_t f = 0; f < width; ++f) total[f] += block_sum[f];
   }
   for (int64_t f = 0; f < width; ++f) {
-    a.sumsq[f0 + f] = float(double(a.sumsq[f0 + f]) + sum[f]);
+    a.sumsq[f0 + f] = float(double(a.sumsq[f0 + f]) + total[f]);
     if (a.absmax) a.absmax[f0 + f] = std::max(a.absmax[f0 + f], amax[f]);
   }
 }
@@ -55,13 +83,19 @@ void accumulate_stats_cpu(const AccumulateStatsArgs& a) {
   }
   *a.count += n_counted;
   if (n_counted == 0 || a.x.cols == 0) return;
-  const int64_t n_chunks = (a.x.cols + kFeatureChunk - 1) / kFeatureChunk;
+#ifdef FEATPRUNE_OPENMP
+  const int64_t threads = omp_get_max_threads();
+#else
+  const int64_t threads = 1;
+#endif
+  const int64_t chunk = std::max(kMinFeatureChunk, (a.x.cols + threads - 1) / threads);
+  const int64_t n_chunks = (a.x.cols + chunk - 1) / chunk;
   cpu::dispatch_dtype(a.x.dtype, [&](auto tag) {
     using Tag = decltype(tag);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(static, 1)
     for (int64_t c = 0; c < n_chunks; ++c) {
-      const int64_t f0 = c * kFeatureChunk;
-      const int64_t f1 = std::min(a.x.cols, f0 + kFeatureChunk);
+      const int64_t f0 = c * chunk;
+      const int64_t f1 = std::min(a.x.cols, f0 + chunk);
       accumulate_chunk<Tag>(a, f0, f1, counted);
     }
   });

@@ -1,0 +1,58 @@
+"""The installed extension: build facts, import hygiene, native vs fallback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import featprune_ext
+
+
+def test_build_info_fields():
+    info = featprune_ext.build_info()
+    assert info["native"], f"native module missing: {info.get('error')}"
+    assert info["version"] == featprune_ext.__version__
+    assert isinstance(info["cuda"], bool) and isinstance(info["openmp"], bool)
+    assert isinstance(info["cuda_archs"], str)
+    if info["cuda"]:
+        assert "90" in info["cuda_archs"]
+
+
+def test_import_does_not_initialise_cuda():
+    code = ("import torch, featprune_ext; featprune_ext.build_info(); "
+            "import featprune_ext.ops, featprune_ext.reference; "
+            "print(torch.cuda.is_initialized())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_native_module_does_not_link_libtorch():
+    import featprune_ext._C as native
+
+    ldd = subprocess.run(["ldd", native.__file__], capture_output=True, text=True)
+    assert "libtorch" not in ldd.stdout and "libc10" not in ldd.stdout
+
+
+def test_kernels_exported_from_package_and_ops():
+    from featprune_ext import ops
+
+    assert featprune_ext.prune_rows_ is ops.prune_rows_
+    assert featprune_ext.accumulate_stats is ops.accumulate_stats
+
+
+def test_falls_back_to_reference_without_native(monkeypatch):
+    import warnings
+
+    import torch
+
+    from featprune_ext import ops
+
+    monkeypatch.setattr(ops, "native", None)
+    monkeypatch.setattr(ops, "_warned_fallback", set())
+    w = torch.randn(4, 10)
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert ops.prune_rows_(w, torch.ones(10), sparsity=0.5, mask_out=mask) == 20
+    assert any("PyTorch reference" in str(c.message) for c in caught)
+    assert torch.all(mask.sum(dim=1) == 5) and torch.all(w[mask] == 0)

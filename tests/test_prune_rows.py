@@ -1,0 +1,159 @@
+"""prune_rows_ against the plain-PyTorch reference: exact mask equality."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from featprune_ext import ops, reference
+from kernel_cases import DTYPE_IDS, DTYPES, devices, make_scale, make_weight
+
+SHAPES = [(1, 1), (7, 13), (33, 64), (769, 257), (5, 5125)]
+SPARSITIES = [0.0, 0.3, 0.5, 0.9]
+
+
+def run_and_check(w, scale, **pattern):
+    """Prune a copy with the kernel; compare mask, kept values and the count with the reference."""
+    expected_mask = reference.prune_mask(w, scale, **{k: v for k, v in pattern.items()})
+    out = w.clone()
+    mask = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+    zeroed = ops.prune_rows_(out, scale, mask_out=mask, **pattern)
+    assert torch.equal(mask, expected_mask)
+    assert zeroed == int(expected_mask.sum())
+    # kept entries bit-identical, pruned entries exactly +0.0
+    assert torch.equal(bits(out), bits(w.masked_fill(expected_mask, 0)))
+    return mask
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bit patterns, so that -0.0 vs +0.0 and NaN payloads count as differences."""
+    return t.contiguous().view({4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("sparsity", SPARSITIES, ids=lambda s: f"sp{s}")
+def test_unstructured_matches_reference(device, dtype, shape, sparsity):
+    w = make_weight(*shape, dtype, device)
+    scale = make_scale(shape[1], device)
+    mask = run_and_check(w, scale, sparsity=sparsity)
+    k = ops.pruned_per_row(shape[1], sparsity)
+    assert torch.all(mask.sum(dim=1) == k)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("weights,scales", [("quantized", "random"), ("normal", "zero_cols"),
+                                            ("constant", "ones"), ("quantized", "ones")])
+def test_heavy_ties_follow_stable_order(device, dtype, weights, scales):
+    w = make_weight(37, 200, dtype, device, kind=weights)
+    scale = make_scale(200, device, kind=scales)
+    run_and_check(w, scale, sparsity=0.5)
+
+
+def test_all_equal_scores_prune_the_lowest_columns():
+    # With every score equal, a stable sort keeps the column order: the first k go.
+    w = torch.ones(3, 10)
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    ops.prune_rows_(w, torch.ones(10), sparsity=0.4, mask_out=mask)
+    assert mask[:, :4].all() and not mask[:, 4:].any()
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4), (0, 2)], ids=lambda v: str(v))
+@pytest.mark.parametrize("weights", ["normal", "quantized"])
+def test_n_m_matches_reference(device, dtype, n, m, weights):
+    w = make_weight(19, 96, dtype, device, kind=weights)
+    scale = make_scale(96, device)
+    mask = run_and_check(w, scale, n=n, m=m)
+    assert torch.all(mask.view(19, -1, m).sum(dim=2) == m - n)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_protected_columns_stay_dense_and_k_holds(device, dtype):
+    rows, cols = 41, 150
+    w = make_weight(rows, cols, dtype, device)
+    scale = make_scale(cols, device)
+    protect = torch.zeros(cols, dtype=torch.bool, device=device)
+    protect[[0, 5, 17, 149]] = True
+    protect[60:90] = True
+    mask = run_and_check(w, scale, sparsity=0.5, protect=protect)
+    assert not mask[:, protect].any()
+    assert torch.all(mask.sum(dim=1) == 75)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_protect_with_n_m(device):
+    w = make_weight(8, 32, torch.float32, device)
+    protect = torch.zeros(32, dtype=torch.bool, device=device)
+    protect[::4] = True
+    mask = run_and_check(w, make_scale(32, device), n=2, m=4, protect=protect)
+    assert not mask[:, protect].any()
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_transposed_view_like_conv1d(device, dtype):
+    # GPT-2 Conv1D stores [in, out]; the kernel gets the [out, in] transposed view.
+    stored = make_weight(96, 40, dtype, device)  # [in, out]
+    original = stored.clone()
+    scale = make_scale(96, device)  # one per input feature
+    expected = reference.prune_mask(original.t(), scale, sparsity=0.5)
+    ops.prune_rows_(stored.t(), scale, sparsity=0.5)
+    assert torch.equal(bits(stored), bits(original.masked_fill(expected.t(), 0)))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_strided_slice_leaves_neighbours_untouched(device, dtype):
+    base = make_weight(30, 64, dtype, device)
+    original = base.clone()
+    view = base[::3, 8:40]  # row stride 192, column stride 1
+    scale = make_scale(32, device)
+    expected = reference.prune_mask(original[::3, 8:40], scale, sparsity=0.3)
+    mask = torch.zeros(64, 30, dtype=torch.uint8, device=device).t()[:10, :32]  # strided mask_out too
+    ops.prune_rows_(view, scale, sparsity=0.3, mask_out=mask)
+    assert torch.equal(mask.bool(), expected)
+    untouched = torch.ones_like(base, dtype=torch.bool)
+    untouched[::3, 8:40] = False
+    assert torch.equal(base[untouched], original[untouched])
+
+
+@pytest.mark.parametrize("device", devices())
+def test_nan_weights_sort_last(device):
+    w = make_weight(4, 20, torch.float32, device)
+    w[:, 3] = float("nan")
+    run_and_check(w, make_scale(20, device), sparsity=0.9)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("shape", [(4096, 4096), (512, 11008), (1024, 5125)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_llm_shapes(device, shape):
+    w = make_weight(*shape, torch.bfloat16, device)
+    run_and_check(w, make_scale(shape[1], device), sparsity=0.5)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_wide_rows_beyond_shared_memory(device):
+    # 65536 fp32 keys do not fit in one CUDA block's shared memory: the fallback path.
+    w = make_weight(3, 65536, torch.float16, device, kind="quantized")
+    run_and_check(w, make_scale(65536, device), sparsity=0.7)
+
+
+def test_mask_out_uint8_and_bool_agree():
+    w = make_weight(9, 31, torch.float32, "cpu")
+    s = make_scale(31, "cpu")
+    m_bool = torch.zeros(9, 31, dtype=torch.bool)
+    m_u8 = torch.full((9, 31), 7, dtype=torch.uint8)  # stale values must be overwritten
+    ops.prune_rows_(w.clone(), s, sparsity=0.5, mask_out=m_bool)
+    ops.prune_rows_(w.clone(), s, sparsity=0.5, mask_out=m_u8)
+    assert torch.equal(m_u8, m_bool.to(torch.uint8))
+
+
+def test_returns_number_zeroed():
+    w = make_weight(10, 100, torch.float32, "cpu")
+    assert ops.prune_rows_(w, torch.ones(100), sparsity=0.25) == 250
+    assert ops.prune_rows_(make_weight(10, 100, torch.float32, "cpu"), torch.ones(100), n=2, m=4) == 500
