@@ -55,10 +55,10 @@ constexpr uint32_t kProtectedKey = 0xFFFFFFFFu;
 
 FEATPRUNE_HD uint32_t score_key(float w, float scale) {
   float s = fabsf(w) * scale;
-  uint32_t b = float_to_bits(s);
-  // -0.0 (cannot occur for |w| * scale >= 0, but keep the order total) and a
-  // NaN with the sign bit set both map into the non-negative range.
-  return b & 0x7FFFFFFFu;
+  // Every NaN gets one key (above +inf): NaN payloads differ between CPU and GPU
+  // multiplies, and NaNs must tie so both keep them in column order.
+  if (s != s) return 0x7FFFFFFFu;
+  return float_to_bits(s) & 0x7FFFFFFFu;  // clears the sign of a -0.0
 }
 
 }  // namespace featprune
