@@ -3,3 +3,63 @@ from pathlib import Path
 
 # test helper modules (kernel_cases.py, ...) import by bare name
 sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+
+# -- shared models for the engine tests (built once per session) -------------------------------
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    from tiny_models import build_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_tokenizer")
+    build_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_tokenizer_dir):
+    """tiny_model(family, sharded=False) -> directory of a random tiny model (cached per session).
+    Treat it as read-only: tests check that pruning never modifies it."""
+    from tiny_models import build_tiny_model
+
+    cache = {}
+
+    def get(family: str, sharded: bool = False):
+        key = (family, sharded)
+        if key not in cache:
+            path = tmp_path_factory.mktemp(f"tiny_{family}{'_sharded' if sharded else ''}")
+            build_tiny_model(family, path, tokenizer_dir=tiny_tokenizer_dir,
+                             max_shard_size="20KB" if sharded else None)
+            cache[key] = path
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def calib_jsonl(tmp_path_factory):
+    from tiny_models import write_calibration_jsonl
+
+    return write_calibration_jsonl(tmp_path_factory.mktemp("calib") / "calib.jsonl")
+
+
+def _zoo_model(fn_name: str):
+    from featprune_ext import zoo
+
+    try:
+        return getattr(zoo, fn_name)()
+    except zoo.ModelPackageMissing as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """Real SmolLM2 135M as fp32 safetensors (skips when its PyPI package is missing)."""
+    return _zoo_model("smollm2_dir")
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir():
+    """Real Gemma 3 270M as fp32 safetensors (skips when its PyPI package is missing)."""
+    return _zoo_model("gemma3_270m_dir")

@@ -157,3 +157,16 @@ def test_returns_number_zeroed():
     w = make_weight(10, 100, torch.float32, "cpu")
     assert ops.prune_rows_(w, torch.ones(100), sparsity=0.25) == 250
     assert ops.prune_rows_(make_weight(10, 100, torch.float32, "cpu"), torch.ones(100), n=2, m=4) == 500
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("weights", ["normal", "quantized", "constant"])
+def test_cuda_recompute_path_without_key_cache(monkeypatch, dtype, weights):
+    # Rows normally fit the shared-memory key cache; 0 bytes forces the recompute-from-L2 path.
+    monkeypatch.setenv("FEATPRUNE_CUDA_KEY_CACHE_BYTES", "0")
+    w = make_weight(33, 769, dtype, "cuda", kind=weights)
+    protect = torch.zeros(769, dtype=torch.bool, device="cuda")
+    protect[::7] = True
+    run_and_check(w, make_scale(769, "cuda"), sparsity=0.5, protect=protect)
