@@ -91,6 +91,9 @@ def _add_prune_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=_positive, default=1, help="calibration samples per forward (default 1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel calibration across the ranks of a torchrun launch (implied under torchrun): "
+                        "torchrun --nproc-per-node N -m featprune_ext.cli prune ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_prune)
 
@@ -141,9 +144,20 @@ def _run_prune(args) -> int:
             calibration = CalibrationSet.from_texts(texts, tokenizer, args.nsamples, seqlen, args.seed,
                                                     buckets=buckets, source=str(args.calib_texts))
         del tokenizer
-    report = prune_model(args.model_dir, out, calibration=calibration, method=method, sparsity=sparsity,
-                         pattern=pattern, device=args.device, batch_size=args.batch_size, resume=args.resume,
-                         progress=not args.no_progress)
+    from .distributed import init_distributed, launched_by_torchrun
+
+    if args.distributed and not launched_by_torchrun():
+        raise InputError("--distributed needs a torchrun launch (it sets RANK and WORLD_SIZE), e.g. "
+                         "torchrun --nproc-per-node 2 -m featprune_ext.cli prune ...")
+    dist = init_distributed(args.device)
+    try:
+        report = prune_model(args.model_dir, out, calibration=calibration, method=method, sparsity=sparsity,
+                             pattern=pattern, device=args.device, batch_size=args.batch_size, resume=args.resume,
+                             progress=not args.no_progress, dist=dist)
+    finally:
+        dist.shutdown()
+    if not dist.is_writer:
+        return EXIT_OK  # rank 0 reports
     print(format_report_table(report))
     print(f"wrote {out}")
     return EXIT_OK

@@ -47,6 +47,7 @@ from .checkpoint import (
     write_safetensors,
 )
 from .families import PrunableLinear, find_blocks, max_positions, prunable_linears
+from .distributed import DistContext
 from .methods import LinearStats, PruneMethod
 
 __all__ = ["Batch", "ModelSkeleton", "capture_block_calls", "format_report_table", "make_batches",
@@ -480,13 +481,16 @@ class _Writer:
 @torch.no_grad()
 def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, method: PruneMethod,
                 sparsity: float | None = None, pattern=None, device="cpu", batch_size: int = 1,
-                resume: bool = False, progress: bool = True) -> dict:
+                resume: bool = False, progress: bool = True, dist: DistContext | None = None) -> dict:
     """Prune every linear of every block of the model in `model_dir`; write it to `out_dir`.
 
     pattern: (n, m) or "n:m" for N:M sparsity instead of `sparsity`. Returns the report also
     written to out_dir/featprune.json. Raises InputError for bad input (nothing complete-looking
     is left behind), DiskFullError when the disk fills up (rerun with resume=True).
+    dist: data-parallel calibration under torchrun (see distributed.py); every rank calls this,
+    rank 0 alone writes, and the other ranks return {"rank": r} once the output is complete.
     """
+    dist = dist or DistContext()
     t_start = time.perf_counter()
     sparsity, pattern = validate_pattern(sparsity, pattern)
     device = torch.device(device)
@@ -506,20 +510,28 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
     ckpt = Checkpoint(model_dir)
     try:
         skel = ModelSkeleton(ckpt)
-        run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress)
-        if not part.exists():
-            part.mkdir(parents=True)
-            run.save_progress(0, None)
+        run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress, dist)
+        fresh = dist.broadcast_object(not part.exists())  # every rank checked before rank 0 creates it
+        if fresh:
+            if dist.is_writer:
+                part.mkdir(parents=True)
+                run.save_progress(0, None)
+            dist.barrier()
             try:
                 run.execute()
             except BaseException:
-                if not run.layers:  # nothing worth resuming: leave no directory behind
+                if dist.is_writer and not run.layers:  # nothing worth resuming: leave no directory behind
                     shutil.rmtree(part, ignore_errors=True)
                 raise
         else:
             run.load_progress()
             run.execute()
-        return run.finish(model_dir, out_dir, t_start)
+        if not dist.is_writer:
+            dist.barrier()  # returns once rank 0 has renamed the finished output into place
+            return {"rank": dist.rank, "world_size": dist.world_size, "out": str(out_dir)}
+        report = run.finish(model_dir, out_dir, t_start)
+        dist.barrier()
+        return report
     finally:
         ckpt.close()
 
@@ -528,8 +540,8 @@ class _Run:
     """One pruning run: the block loop, its writer and its progress record."""
 
     def __init__(self, skel: ModelSkeleton, part: Path, calibration, method: PruneMethod, sparsity, pattern,
-                 device: torch.device, batch_size: int, progress: bool):
-        self.skel, self.ckpt, self.part = skel, skel.ckpt, part
+                 device: torch.device, batch_size: int, progress: bool, dist: DistContext):
+        self.skel, self.ckpt, self.part, self.dist = skel, skel.ckpt, part, dist
         self.calibration, self.method, self.device = calibration, method, device
         self.sparsity, self.pattern, self.batch_size, self.progress = sparsity, pattern, batch_size, progress
         self.n, self.m = pattern or (0, 0)
@@ -546,6 +558,8 @@ class _Run:
                     raise InputError(f"{skel.block_prefix[i]}{pl.param_name} has {pl.in_features} input features, "
                                      f"not a multiple of M={self.m}: the {self.n}:{self.m} pattern cannot apply")
         self.fingerprint = _fingerprint(skel, calibration, method, sparsity, pattern, batch_size, device)
+        if dist.enabled:  # a resumed run must split the batches the same way
+            self.fingerprint += f"-world{dist.world_size}"
         self.prog_path = part / PROGRESS_NAME
         self.start_block, self.layers, self.shard0_done, self.act_file = 0, [], False, None
         self.finalized = False
@@ -584,14 +598,20 @@ class _Run:
         write_safetensors(self.part / self.shard_name[i + 1], entries)
         new_act = None
         if next_hidden is not None:
-            new_act = f"activations-{i + 1:05d}.pt"
+            new_act = self._act_name(i + 1)
             atomic_save_torch(self.part / new_act, next_hidden)
         self.layers.append(layer_report)
         self.act_file = new_act
         self.save_progress(i + 1, new_act)
         for old in self.part.glob("activations-*.pt"):  # the previous block's inputs are no longer needed
-            if old.name != new_act:
+            if not old.name.startswith(f"activations-{i + 1:05d}"):
                 old.unlink()
+
+    def _act_name(self, block: int) -> str:
+        """This rank's saved inputs of `block` (one file per rank under torchrun)."""
+        if not self.dist.enabled:
+            return f"activations-{block:05d}.pt"
+        return f"activations-{block:05d}.rank{self.dist.rank}.pt"
 
     # -- the block loop --
     def _prepare_inputs(self):
@@ -601,10 +621,16 @@ class _Run:
         vocab = self.ckpt.info(skel.embedding_key).shape[0]
         pad_id = pad_id if isinstance(pad_id, int) and 0 <= pad_id < vocab else 0
         batches = make_batches(self.calibration, self.batch_size, pad_id)
+        if self.dist.enabled:  # this rank's share; statistics are all-reduced per block
+            if len(batches) < self.dist.world_size:
+                raise InputError(f"{len(batches)} calibration batches cannot feed {self.dist.world_size} ranks: "
+                                 "use more samples or a smaller --batch-size")
+            batches = [batches[j] for j in self.dist.batch_indices(len(batches))]
         skel.load_pre_block(torch.cat([b.ids.reshape(-1) for b in batches]), device, skel.dtype)
         calls, hidden = capture_block_calls(skel.model, skel.blocks, batches, device)
         if self.start_block > 0:  # resume: the saved outputs of the last finished block
-            hidden = [h.to(device) for h in torch.load(self.part / self.act_file, weights_only=True)]
+            act = self.part / self._act_name(self.start_block)
+            hidden = [h.to(device) for h in torch.load(act, weights_only=True)]
         self.t_capture = time.perf_counter() - t0
         return batches, calls, hidden
 
@@ -634,13 +660,14 @@ class _Run:
         die_after = os.environ.get(_DIE_ENV)
         bar = None
         try:
-            if not self.shard0_done:
+            if not self.shard0_done and self.dist.is_writer:
                 writer.submit(self._write_shard0)
             if self.start_block < skel.num_blocks:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=skel.num_blocks, initial=self.start_block, desc="pruning", unit="block",
-                           file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
+                           file=sys.stderr, disable=not self.progress or not self.dist.is_writer,
+                           dynamic_ncols=True)
                 nxt = loader.submit(self._load, self.start_block)
             for i in range(self.start_block, skel.num_blocks):
                 t_block = time.perf_counter()
@@ -659,6 +686,8 @@ class _Run:
                 if method.needs_calibration:
                     stats = _collect_stats(block, linears, calls[i], hidden, batches,
                                            self.calibration.bucket_names, device)
+                    self.dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
+                                          [st.absmax for st in stats.values()])
                 entries, matrices = self._prune_block(i, linears, stats)
                 next_hidden = None
                 if method.needs_calibration and i + 1 < skel.num_blocks:
@@ -673,7 +702,13 @@ class _Run:
                           "peak_rss_bytes": peak_rss_bytes()}
                 if device.type == "cuda":
                     report["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
-                writer.submit(self._write_block, i, entries, next_hidden, report)
+                if self.dist.enabled:
+                    # every rank's activations are on disk before rank 0 records the block as done
+                    if not self.dist.is_writer and next_hidden is not None:
+                        atomic_save_torch(self.part / self._act_name(i + 1), next_hidden)
+                    self.dist.barrier()
+                if self.dist.is_writer:
+                    writer.submit(self._write_block, i, entries, next_hidden, report)
                 if bar is not None:
                     bar.set_postfix(peak_rss=f"{peak_rss_bytes() / 2**30:.2f}G", refresh=False)
                     bar.update(1)
@@ -781,8 +816,13 @@ def _collect_stats(block, linears, calls, hidden, batches, bucket_names, device)
                     raise RuntimeError(f"{name} got input {tuple(x.shape)} that does not line up with the "
                                        f"{tuple(mask.shape)} token mask")
                 mask = mask.reshape(x.shape[:-1])
-            ops.accumulate_stats(x.detach(), st.sumsq, st.count, token_mask=mask, bucket=current["bucket"],
-                                 absmax=st.absmax)
+            # The kernel sums this batch into a fresh fp32 row; adding it to a float64 total is
+            # exact in practice, so the result does not depend on batch order or on how the
+            # batches were split among ranks (distributed.py).
+            b = current["bucket"]
+            partial = torch.zeros(1, st.sumsq.shape[1], dtype=torch.float32, device=st.sumsq.device)
+            ops.accumulate_stats(x.detach(), partial, st.count[b:b + 1], token_mask=mask, absmax=st.absmax[b:b + 1])
+            st.sumsq[b] += partial[0].double()
 
         return hook
 

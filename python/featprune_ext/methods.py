@@ -34,7 +34,7 @@ __all__ = ["Contrastive", "LinearStats", "Magnitude", "OutlierProtection", "Prun
 class LinearStats:
     """Input statistics of one prunable linear, per calibration bucket."""
 
-    sumsq: torch.Tensor  # fp32 [K, F]: sum over counted tokens of x^2
+    sumsq: torch.Tensor  # float64 [K, F]: sum over counted tokens of x^2
     count: torch.Tensor  # int64 [K]: counted tokens
     absmax: torch.Tensor  # fp32 [K, F]: max |x|
     bucket_names: list[str]
@@ -42,7 +42,8 @@ class LinearStats:
     @classmethod
     def zeros(cls, features: int, bucket_names: list[str], device) -> "LinearStats":
         k = len(bucket_names)
-        return cls(torch.zeros(k, features, dtype=torch.float32, device=device),
+        # sumsq is float64: exact sums of the kernel's per-batch fp32 partials (engine._collect_stats)
+        return cls(torch.zeros(k, features, dtype=torch.float64, device=device),
                    torch.zeros(k, dtype=torch.int64, device=device),
                    torch.zeros(k, features, dtype=torch.float32, device=device), list(bucket_names))
 
@@ -59,7 +60,7 @@ class LinearStats:
         tokens = int(self.count[rows].sum())
         if tokens == 0:
             raise RuntimeError("no calibration token reached this layer (all padding?)")
-        return (total / tokens).sqrt()
+        return (total / tokens).sqrt().float()
 
 
 class PruneMethod:

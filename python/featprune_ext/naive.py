@@ -3,8 +3,8 @@
 It loads the whole model with from_pretrained, captures every layer's inputs with forward
 pre-hooks during real forward passes (per layer, so Gemma 2/3's sliding vs global layers
 get their own masks and rotary embeddings), then for each block: hooks on every nn.Linear /
-Conv1D accumulate sum x^2 over non-padding tokens in plain PyTorch, scaler =
-sqrt(sumsq / ntokens), reference.prune_mask per matrix, zero, rerun the block. It shares
+Conv1D keep Wanda's running mean of x^2 over non-padding tokens in fp32 (its add_batch),
+scaler = sqrt of it, reference.prune_mask per matrix, zero, rerun the block. It shares
 no code with the engine's statistics, capture or checkpoint paths, so agreement between
 the two is evidence for both.
 
@@ -83,17 +83,21 @@ def naive_wanda(model_dir, calibration: CalibrationSet, *, sparsity: float | Non
     masks = {}
     for i, layer in enumerate(layers):
         subset = prunable_linears(layer)
-        sumsq = {pl.name: torch.zeros(pl.in_features, dtype=torch.float64, device=device) for pl in subset}
+        scaler = {pl.name: torch.zeros(pl.in_features, dtype=torch.float32, device=device) for pl in subset}
         ntok = {pl.name: 0 for pl in subset}
         current = {}
 
         def add_batch(name):
-            def hook(module, args):
-                x = args[0].reshape(-1, args[0].shape[-1]).double()
+            def hook(module, args):  # Wanda's WrappedGPT.add_batch, minus the padding
+                x = args[0].reshape(-1, args[0].shape[-1])
                 keep = current["mask"].reshape(-1)
-                x = x[keep]  # padding never enters the statistics
-                sumsq[name] += (x * x).sum(dim=0)
-                ntok[name] += x.shape[0]
+                if not bool(keep.all()):
+                    x = x[keep]  # padding never enters the statistics
+                x = x.float()
+                tmp = x.shape[0]
+                scaler[name] *= ntok[name] / (ntok[name] + tmp)
+                ntok[name] += tmp
+                scaler[name] += torch.norm(x, p=2, dim=0) ** 2 / ntok[name]
 
             return hook
 
@@ -104,9 +108,9 @@ def naive_wanda(model_dir, calibration: CalibrationSet, *, sparsity: float | Non
         for h in handles:
             h.remove()
         for pl in subset:
-            scaler = (sumsq[pl.name] / ntok[pl.name]).sqrt().float()
+            col_scale = scaler[pl.name].sqrt()  # sqrt(mean over tokens of x^2)
             w = pl.weight_rows()
-            mask = reference.prune_mask(w, scaler, sparsity=sparsity, n=n, m=m)
+            mask = reference.prune_mask(w, col_scale, sparsity=sparsity, n=n, m=m)
             w[mask] = 0
             if return_masks:
                 stored = mask.t() if pl.transposed else mask
