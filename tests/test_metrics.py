@@ -60,6 +60,10 @@ def test_bootstrap_ppl_statistic_is_a_ratio():
     data = np.array([[2.0, 1.0], [6.0, 3.0]])  # 8 nats over 4 tokens
     lo, hi = M.bootstrap_ci(data, "ppl", n_boot=300)
     assert lo == pytest.approx(math.exp(2.0)) and hi == pytest.approx(math.exp(2.0))  # every resample: ratio 2
+    assert M.bootstrap_ci(data, "nll", n_boot=50) == pytest.approx((2.0, 2.0))  # log perplexity
+    # paired tests on perplexity run on nats per token: a model worse on every sentence is significant
+    worse = data + np.array([[1.0, 0.0], [3.0, 0.0]])
+    assert M.paired_bootstrap(worse, data, "nll", n_boot=99)["delta"] == pytest.approx(1.0)
 
 
 def test_paired_bootstrap_constructed_cases():
@@ -138,3 +142,8 @@ def test_corpus_statistic_reproduces_corpus_scores():
         assert fn(stats, np.arange(3)[None])[0] == pytest.approx(getattr(M, name)(hyps, refs))
         lo, hi = M.bootstrap_ci(stats, fn, n_boot=50)
         assert lo <= hi
+
+
+def test_format_p_marks_the_resolution_floor():
+    assert M.format_p(1 / 1001, 1000) == "<=0.001"
+    assert M.format_p(0.0213, 1000) == "0.021"

@@ -12,13 +12,13 @@ stdout, progress bars to stderr. Standalone: ``python -m featprune_ext.eval_cli 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .evaluate import (TASKS, EvalError, compare_results, evaluate, format_comparison, format_table, load_results,
-                       primary_metric, write_json)
+                       markdown_table, primary_metric, write_json)
+from .metrics import format_p
 
 __all__ = ["add_parser", "main"]
 
@@ -139,7 +139,6 @@ def _plot(path: Path, task: str, results: list[dict], names: list[str]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     key, direction = primary_metric(task)
     langs = list(dict.fromkeys(l for r in results for l in r["languages"]))
@@ -190,19 +189,20 @@ def compare_table(task: str, results: list[dict], names: list[str], tests: list[
                 row.append("")
                 continue
             ci = s.get(f"{key}_ci")
-            cell = f"{s[key] * scale:.{digits}f}"
+            num = lambda v: f"{v * scale:.3g}" if v * scale >= 1e5 else f"{v * scale:.{digits}f}"  # noqa: E731
+            cell = num(s[key])
             if ci:
-                cell += f" [{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]"
+                cell += f" [{num(ci[0])}, {num(ci[1])}]"
             t = (test or {}).get("languages", {}).get(lang)
             if t and t.get("n"):
-                cell += f" p={t['p_value']:.3f}"
+                cell += f" p{'' if t['p_value'] <= 1 / (t['n_boot'] + 1) * (1 + 1e-9) else '='}" \
+                        f"{format_p(t['p_value'], t['n_boot'])}"
             row.append(cell)
         rows.append(row)
-    from .evaluate import _markdown
-
     n = {l: results[0]["languages"][l]["n"] for l in langs if l in results[0]["languages"]}
-    return (_markdown(head, rows) + f"\n{direction} {key} is better; [95% bootstrap CI]; p: paired bootstrap vs "
-            f"{names[0]} on common items; items per language: " + ", ".join(f"{l} {c}" for l, c in n.items()))
+    tested = " (tested on nats per token, i.e. log perplexity)" if key == "ppl" else ""
+    return (markdown_table(head, rows) + f"\n{direction} {key} is better; [95% bootstrap CI]; p: paired bootstrap vs "
+            f"{names[0]} on common items{tested}; items per language: " + ", ".join(f"{l} {c}" for l, c in n.items()))
 
 
 def _run_compare(args) -> int:

@@ -17,6 +17,15 @@ can be compared item by item):
                           It is {negative|positive}`` ranked like xnli.
 * ``translate``           few-shot X->English generation (greedy), chrF and BLEU via sacrebleu.
 
+Data: ``--data`` is any corpus corpora.py reads (evaluation split; for translation-choice and
+translate, omitting it means this machine's gettext catalogs), or for xnli/marc a directory of
+per-language JSONL files (``fr.jsonl``, ``xnli.fr.jsonl``, ``fr/test.jsonl``, also under ``xnli/``).
+Items are a seeded subset ordered by a hash of their id, so ``--limit 100`` is a prefix of
+``--limit 200`` and parallel languages pick the same items. Each choice task also reports
+``acc_alt`` (the other length convention: per-token mean for translation-choice, summed
+continuation log-prob for xnli/marc). RankC consistency is computed against English (or the
+first language) over items whose candidate sets match.
+
 Speed: logits are computed only at the positions that are scored, by running the model body
 and projecting those hidden states onto the output embedding ourselves (Gemma 3's vocabulary
 is 262k, so full logits cost more than the body); checked against the model's own logits once
@@ -27,14 +36,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +52,7 @@ from .checkpoint import InputError
 from .languages import Language, resolve
 
 __all__ = ["EvalError", "Scorer", "TASKS", "add_parser", "compare_results", "evaluate", "format_comparison", "format_table",
-           "load_results", "primary_metric", "XNLI_WORDS"]
+           "load_results", "markdown_table", "primary_metric", "write_json", "XNLI_WORDS"]
 
 TASKS = ("ppl", "translation-choice", "xnli", "marc", "translate")
 FORMAT = "featprune-eval"
@@ -653,6 +661,7 @@ def evaluate(model_dir, task: str, langs: Sequence[str], data=None, *, limit: Op
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise EvalError(f"model directory does not exist: {model_dir}")
+    _check_data(data, task)  # before the (slow) model load
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     if scorer is None:
@@ -736,10 +745,10 @@ def format_table(result: dict) -> str:
                 c = cons["languages"].get(row[0])
                 row.append("(reference)" if row[0] == cons["reference"] else
                            f"{c['rankc']:.3f} (n={c['n']})" if c and "rankc" in c else "n/a")
-    return _markdown(head, rows)
+    return markdown_table(head, rows)
 
 
-def _markdown(head: list, rows: list[list]) -> str:
+def markdown_table(head: list, rows: list[list]) -> str:
     cells = [[str(c) for c in head]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
@@ -760,8 +769,8 @@ def load_results(path) -> dict:
 
 
 def _per_item(task: str, items: list[dict], key: str):
-    if task == "ppl":
-        return np.array([[it["nll"], it["tokens"]] for it in items], dtype=np.float64), "ppl"
+    if task == "ppl":  # tested as nats per token (log perplexity); see metrics._stat_fn
+        return np.array([[it["nll"], it["tokens"]] for it in items], dtype=np.float64), "nll"
     if task == "translate":
         return None, None  # corpus metrics: handled with sacrebleu statistics
     return np.array([it["correct"] for it in items], dtype=np.float64), "mean"
@@ -773,6 +782,8 @@ def compare_results(a: dict, b: dict, *, n_boot: int = 1000, seed: int = 0) -> d
         raise EvalError(f"cannot compare a {a['task']} result with a {b['task']} result")
     task = a["task"]
     key, direction = primary_metric(task)
+    if task == "ppl":
+        key = "nll_per_token"  # the paired test runs on log perplexity
     out = {"task": task, "metric": key, "better": direction, "a": a.get("name"), "b": b.get("name"),
            "languages": {}}
     for lang, sa in a["languages"].items():
@@ -804,6 +815,8 @@ def format_comparison(cmp: dict) -> str:
     key = cmp["metric"]
     pct = key == "acc"
     scale = 100 if pct else 1
+    if key == "nll_per_token":
+        key = "nll/token (log ppl)"
     head = ["lang", "n", f"{key} A ({cmp['a']})", f"{key} B ({cmp['b']})", "A - B [95% CI]", "p (paired bootstrap)"]
     rows = []
     for lang, r in cmp["languages"].items():
@@ -812,9 +825,9 @@ def format_comparison(cmp: dict) -> str:
             continue
         rows.append([lang, r["n"], f"{r['a'] * scale:.2f}", f"{r['b'] * scale:.2f}",
                      f"{r['delta'] * scale:+.2f} [{r['ci'][0] * scale:+.2f}, {r['ci'][1] * scale:+.2f}]",
-                     f"{r['p_value']:.4f}"])
+                     metrics.format_p(r["p_value"], r["n_boot"])])
     note = f"\n{cmp['better']} {key} is better; p is two-sided over {next(iter(cmp['languages'].values())).get('n_boot', '')} resamples"
-    return _markdown(head, rows) + note
+    return markdown_table(head, rows) + note
 
 
 def write_json(obj: dict, path) -> None:

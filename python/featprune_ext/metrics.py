@@ -21,7 +21,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 __all__ = [
-    "accuracy", "argmax_choice", "bootstrap_ci", "chrf", "bleu", "corpus_statistic", "feature_l2_norms",
+    "accuracy", "argmax_choice", "bootstrap_ci", "chrf", "bleu", "corpus_statistic", "feature_l2_norms", "format_p",
     "paired_bootstrap", "perplexity", "rankc", "ranking", "sentence_chrf", "stderr_of_mean",
     "top_bottom_overlap", "top_top_overlap", "wilson_interval",
 ]
@@ -100,7 +100,11 @@ def _stat_fn(statistic: Statistic) -> Callable[[np.ndarray, np.ndarray], np.ndar
     if statistic == "ppl":
         # data[:, 0] = summed nll, data[:, 1] = tokens: a ratio, not a mean of per-item perplexities.
         return lambda data, idx: np.exp(data[idx, 0].sum(axis=1) / data[idx, 1].sum(axis=1))
-    raise ValueError(f"unknown bootstrap statistic {statistic!r}; use 'mean', 'ppl' or a function")
+    if statistic == "nll":
+        # log perplexity (nats per token): the scale on which to test a difference, since
+        # perplexity itself is so skewed that a broken model's resamples span orders of magnitude.
+        return lambda data, idx: data[idx, 0].sum(axis=1) / data[idx, 1].sum(axis=1)
+    raise ValueError(f"unknown bootstrap statistic {statistic!r}; use 'mean', 'ppl', 'nll' or a function")
 
 
 def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
@@ -148,6 +152,14 @@ def paired_bootstrap(a, b, statistic: Statistic = "mean", *, n_boot: int = 1000,
     return {"n": n, "a": float(fn(a, full)[0]), "b": float(fn(b, full)[0]), "delta": observed,
             "ci": [float(low), float(high)], "p_value": float(min(1.0, p)),
             "a_wins": float(np.mean(deltas > 0)), "n_boot": n_boot}
+
+
+def format_p(p: float, n_boot: int) -> str:
+    """A bootstrap p-value as text; at the resolution floor 1/(n_boot+1) it reads '<=0.001' etc."""
+    floor = 1 / (n_boot + 1)
+    if p <= floor * (1 + 1e-9):
+        return f"<={floor:.2g}" if floor < 0.001 else f"<={floor:.3f}"
+    return f"{p:.3f}"
 
 
 # ------------------------------------------------------------------------------------------ RankC
