@@ -39,7 +39,7 @@ def prune(model, out, calib, args, nproc):
            "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--sparsity", "0.5", "--no-progress"]
     if nproc > 1:
         cmd = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-               f"--master-port={free_port()}"] + cmd[1:]
+               f"--master-port={free_port()}"] + cmd
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))}
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env)
