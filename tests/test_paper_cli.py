@@ -66,3 +66,27 @@ def test_bad_paper_options_exit_2_and_write_nothing(tiny, tmp_path, capsys, argv
     assert code == 2
     assert message.lower() in capsys.readouterr().err.lower()
     assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_json_summary_quiet_and_next_command(tiny, tmp_path, capsys):
+    model, corpus = tiny
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    assert run(model, "--out", out, "--calib", "mt:fr-en", "--data", corpus, "--nsamples", 2, "--shots", 2,
+               "--seqlen", 64, "--sparsity", 0.3, "--json", summary) == 0
+    printed = capsys.readouterr().out
+    assert f"featprune eval {out}" in printed and f"--data {corpus}" in printed
+    assert json.loads(summary.read_text()) == json.loads((out / "featprune.json").read_text())
+    quiet_out = tmp_path / "quiet"
+    assert cli.main(["-q", "prune", str(model), "--out", str(quiet_out), "--method", "magnitude",
+                     "--sparsity", "0.3"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and quiet_out.exists()
+
+
+def test_help_shows_examples_and_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "exit codes" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "--help"])
+    assert "featprune prune MODEL --out pruned/ --calib mt:fr-en" in capsys.readouterr().out

@@ -36,6 +36,20 @@ COMMAND_MODULES = [
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+PRUNE_EXAMPLES = """examples:
+  featprune data gettext --langs fr,zh_CN --out corpus/
+  featprune prune MODEL --out pruned/ --calib mt:fr-en --data corpus/ --sparsity 0.5
+  featprune prune MODEL --out pruned/ --calib mt:fr-en+mt:zh-en --contrast code --protect-top 1 \\
+      --data corpus/ --sparsity 0.5 --device cuda
+  featprune prune MODEL --out pruned/ --calib-texts my.jsonl --pattern 2:4
+  torchrun --nproc-per-node 4 -m featprune_ext.cli prune MODEL --out pruned/ --calib mt:fr-en --data corpus/ \\
+      --sparsity 0.5 --device cuda
+"""
+
+MAIN_EPILOG = """exit codes: 0 success, 1 runtime failure (disk full included: rerun with --resume),
+2 bad input or usage, 130 interrupted. `featprune COMMAND --help` shows each command's options and examples.
+Quick start: featprune demo"""
+
 
 def _fraction(text: str) -> float:
     try:
@@ -63,7 +77,8 @@ def _add_prune_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "prune", help="prune a local Hugging Face model block by block",
         description="Prune every linear layer of every transformer block, streaming one block at a time, "
-                    "and write a new model directory that from_pretrained loads.")
+                    "and write a new model directory that from_pretrained loads.",
+        epilog=PRUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", help="local model directory (config.json, safetensors, tokenizer)")
     p.add_argument("--out", required=True, help="output directory (must not exist; built in OUT.partial first)")
     p.add_argument("--calib-texts", help='JSONL file of {"text": ...} objects, one calibration sample each '
@@ -95,6 +110,7 @@ def _add_prune_parser(subparsers) -> None:
                    help="data-parallel calibration across the ranks of a torchrun launch (implied under torchrun): "
                         "torchrun --nproc-per-node N -m featprune_ext.cli prune ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", metavar="FILE", help="also write the run's summary (featprune.json) to FILE")
     p.set_defaults(func=_run_prune)
 
 
@@ -153,13 +169,20 @@ def _run_prune(args) -> int:
     try:
         report = prune_model(args.model_dir, out, calibration=calibration, method=method, sparsity=sparsity,
                              pattern=pattern, device=args.device, batch_size=args.batch_size, resume=args.resume,
-                             progress=not args.no_progress, dist=dist)
+                             progress=not (args.no_progress or args.quiet), dist=dist)
     finally:
         dist.shutdown()
     if not dist.is_writer:
         return EXIT_OK  # rank 0 reports
-    print(format_report_table(report))
-    print(f"wrote {out}")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    if not args.quiet:
+        print(format_report_table(report))
+        print(f"wrote {out}")
+        data = f" --data {args.data}" if args.data else " --data CORPUS_DIR"
+        print(f"evaluate it: featprune eval {out} --task translation-choice --langs fr,zh_CN{data} --limit 200")
     return EXIT_OK
 
 
@@ -208,8 +231,12 @@ def _paper_calibration(args, tokenizer, seqlen: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featprune", description="Low-memory pruning of multilingual LLMs.")
+    parser = argparse.ArgumentParser(
+        prog="featprune", description="Low-memory pruning of multilingual LLMs, calibrated on translation "
+                                      "demonstrations (Kim et al., 2024).",
+        epilog=MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables; errors only")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_prune_parser(subparsers)
