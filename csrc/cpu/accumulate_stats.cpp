@@ -2,6 +2,7 @@
 // token order, so results are bit-identical whatever the thread count.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "dtype_access.h"
@@ -23,6 +24,53 @@ constexpr int64_t kMinFeatureChunk = 64;
 // Tokens summed in fp32 before folding into the double total: the fp32 inner
 // loop vectorises, and a short block keeps its rounding error small.
 constexpr int64_t kTokenBlock = 64;
+constexpr int64_t kFeatureTile = 1024;  // 2 x 4 KiB of accumulators: stays in L1
+
+// Inner loops over one contiguous token row. Compiled twice (AVX2 and the portable
+// baseline) and picked at load time, so a pip build stays portable yet uses 8-wide
+// vectors where the CPU has them. Plain functions: target_clones does not apply to
+// templates.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FEATPRUNE_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define FEATPRUNE_MULTIVERSION
+#endif
+
+FEATPRUNE_MULTIVERSION
+void row_f32(const float* __restrict row, float* __restrict sum, float* __restrict amax, int64_t n) {
+  for (int64_t f = 0; f < n; ++f) {
+    const float v = row[f];
+    sum[f] += v * v;
+    const float av = std::fabs(v);
+    amax[f] = av > amax[f] ? av : amax[f];
+  }
+}
+
+FEATPRUNE_MULTIVERSION
+void row_bf16(const uint16_t* __restrict row, float* __restrict sum, float* __restrict amax, int64_t n) {
+  for (int64_t f = 0; f < n; ++f) {
+    const float v = bf16_bits_to_float(row[f]);
+    sum[f] += v * v;
+    const float av = std::fabs(v);
+    amax[f] = av > amax[f] ? av : amax[f];
+  }
+}
+
+template <typename Tag>
+void accumulate_contiguous_row(const typename Tag::storage* row, float* sum, float* amax, int64_t n) {
+  if constexpr (std::is_same_v<Tag, cpu::F32>) {
+    row_f32(row, sum, amax, n);
+  } else if constexpr (std::is_same_v<Tag, cpu::BF16>) {
+    row_bf16(row, sum, amax, n);
+  } else {
+    for (int64_t f = 0; f < n; ++f) {
+      const float v = Tag::load(row + f);
+      sum[f] += v * v;
+      const float av = std::fabs(v);
+      amax[f] = av > amax[f] ? av : amax[f];
+    }
+  }
+}
 
 template <typename Tag>
 void accumulate_chunk(const AccumulateStatsArgs& a, int64_t f0, int64_t f1, const std::vector<uint8_t>& counted) {
@@ -38,17 +86,18 @@ void accumulate_chunk(const AccumulateStatsArgs& a, int64_t f0, int64_t f1, cons
   for (int64_t t0 = 0; t0 < a.x.rows; t0 += kTokenBlock) {
     std::fill(block_sum, block_sum + width, 0.0f);
     const int64_t t1 = std::min(a.x.rows, t0 + kTokenBlock);
-    for (int64_t t = t0; t < t1; ++t) {
-      if (!counted[t]) continue;
-      const S* __restrict row = x + t * a.x.row_stride + f0 * cs;
-      if (cs == 1) {
-        for (int64_t f = 0; f < width; ++f) {
-          const float v = Tag::load(row + f);
-          block_sum[f] += v * v;
-          const float av = std::fabs(v);
-          amax[f] = av > amax[f] ? av : amax[f];
-        }
-      } else {
+    if (cs == 1) {
+      // Feature tiles keep the tile's sums and maxima in L1 while 64 token rows stream by.
+      for (int64_t ft = 0; ft < width; ft += kFeatureTile) {
+        const int64_t n = std::min(kFeatureTile, width - ft);
+        for (int64_t t = t0; t < t1; ++t)
+          if (counted[t])
+            accumulate_contiguous_row<Tag>(x + t * a.x.row_stride + f0 + ft, block_sum + ft, amax + ft, n);
+      }
+    } else {
+      for (int64_t t = t0; t < t1; ++t) {
+        if (!counted[t]) continue;
+        const S* __restrict row = x + t * a.x.row_stride + f0 * cs;
         for (int64_t f = 0; f < width; ++f) {
           const float v = Tag::load(row + f * cs);
           block_sum[f] += v * v;
