@@ -8,6 +8,7 @@ reference runs instead, after a one-time warning.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -112,7 +113,7 @@ def accumulate_stats(
     if token_mask is not None:
         mask = token_mask.reshape(-1).contiguous()
         mask = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
-    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         native.accumulate_stats(
             device=_DEVICE_CODES[device.type],
             x=x2.data_ptr(),
@@ -204,7 +205,7 @@ def prune_rows_(
     scale = col_scale.contiguous()
     protect_u8 = None if protected is None else protected.contiguous().view(torch.uint8)
     mask_u8 = None if mask_out is None else (mask_out.view(torch.uint8) if mask_out.dtype == torch.bool else mask_out)
-    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         native.prune_rows(
             device=_DEVICE_CODES[device.type],
             w=w.data_ptr(),
@@ -224,11 +225,3 @@ def prune_rows_(
             stream=_stream(device),
         )
     return rows * per_row
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
