@@ -173,7 +173,8 @@ def _read_tsv(path: Path, langs: Sequence[Language], split: str) -> list[tuple[s
     return _select(rows, langs, split, str(path))
 
 
-def _read_jsonl(path: Path, langs: Sequence[Language], split: str) -> list[tuple[str, ...]]:
+def read_jsonl_objects(path: PathLike) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file; ValueError names the bad line."""
     rows = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -185,8 +186,12 @@ def _read_jsonl(path: Path, langs: Sequence[Language], split: str) -> list[tuple
                 raise ValueError(f"{path}:{lineno}: not JSON ({exc})") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
-            rows.append(obj)
-    return _select(rows, langs, split, str(path))
+            rows.append((lineno, obj))
+    return rows
+
+
+def _read_jsonl(path: Path, langs: Sequence[Language], split: str) -> list[tuple[str, ...]]:
+    return _select([obj for _, obj in read_jsonl_objects(path)], langs, split, str(path))
 
 
 def _read_hf(path: Path, langs: Sequence[Language], split: str) -> list[tuple[str, ...]]:

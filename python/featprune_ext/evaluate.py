@@ -391,18 +391,10 @@ def _task_file(data: Path, task: str, lang: Language) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise EvalError(f"{path}:{lineno}: not JSON ({exc})") from None
-            if not isinstance(obj, dict):
-                raise EvalError(f"{path}:{lineno}: expected a JSON object per line")
-            rows.append((lineno, obj))
+    try:
+        rows = corpora.read_jsonl_objects(path)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
     if not rows:
         raise EvalError(f"{path} has no rows")
     return rows
