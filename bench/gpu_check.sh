@@ -28,5 +28,5 @@ timeout 240 python bench/bench_kernels.py --device cuda --repeats 20 2>&1 | tee 
 
 if [ -f bench/gpu_engine_check.py ]; then
   log "engine check (7B-shaped Llama under a device-memory cap)"
-  timeout 300 python bench/gpu_engine_check.py 2>&1 | tail -20 | tee "$OUT_DIR/engine_cuda.txt"
+  timeout 330 python bench/gpu_engine_check.py --layers "${FEATPRUNE_GPU_LAYERS:-32}" 2>&1 | tail -20 | tee "$OUT_DIR/engine_cuda.txt"
 fi
