@@ -26,10 +26,23 @@ constexpr int64_t kMinFeatureChunk = 64;
 constexpr int64_t kTokenBlock = 64;
 constexpr int64_t kFeatureTile = 1024;  // 2 x 4 KiB of accumulators: stays in L1
 
-// Inner loops over one contiguous token row. Compiled twice (AVX2 and the portable
-// baseline) and picked at load time, so a pip build stays portable yet uses 8-wide
-// vectors where the CPU has them. Plain functions: target_clones does not apply to
-// templates.
+// The one inner loop: sum of squares and running max |x| over n features of a
+// token row with element stride `cs`.
+template <typename Tag>
+inline void accumulate_row(const typename Tag::storage* __restrict row, int64_t cs, float* __restrict sum,
+                           float* __restrict amax, int64_t n) {
+  for (int64_t f = 0; f < n; ++f) {
+    const float v = Tag::load(row + f * cs);
+    sum[f] += v * v;
+    const float av = std::fabs(v);
+    amax[f] = av > amax[f] ? av : amax[f];
+  }
+}
+
+// Contiguous fp32/bf16 rows: the same loop (stride 1, inlined), compiled twice (AVX2
+// and the portable baseline) and picked at load time, so a pip build stays portable
+// yet uses 8-wide vectors where the CPU has them. Plain functions, because
+// target_clones does not apply to templates.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define FEATPRUNE_MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else
@@ -37,23 +50,11 @@ constexpr int64_t kFeatureTile = 1024;  // 2 x 4 KiB of accumulators: stays in L
 #endif
 
 FEATPRUNE_MULTIVERSION
-void row_f32(const float* __restrict row, float* __restrict sum, float* __restrict amax, int64_t n) {
-  for (int64_t f = 0; f < n; ++f) {
-    const float v = row[f];
-    sum[f] += v * v;
-    const float av = std::fabs(v);
-    amax[f] = av > amax[f] ? av : amax[f];
-  }
-}
+void row_f32(const float* row, float* sum, float* amax, int64_t n) { accumulate_row<cpu::F32>(row, 1, sum, amax, n); }
 
 FEATPRUNE_MULTIVERSION
-void row_bf16(const uint16_t* __restrict row, float* __restrict sum, float* __restrict amax, int64_t n) {
-  for (int64_t f = 0; f < n; ++f) {
-    const float v = bf16_bits_to_float(row[f]);
-    sum[f] += v * v;
-    const float av = std::fabs(v);
-    amax[f] = av > amax[f] ? av : amax[f];
-  }
+void row_bf16(const uint16_t* row, float* sum, float* amax, int64_t n) {
+  accumulate_row<cpu::BF16>(row, 1, sum, amax, n);
 }
 
 template <typename Tag>
@@ -63,12 +64,7 @@ void accumulate_contiguous_row(const typename Tag::storage* row, float* sum, flo
   } else if constexpr (std::is_same_v<Tag, cpu::BF16>) {
     row_bf16(row, sum, amax, n);
   } else {
-    for (int64_t f = 0; f < n; ++f) {
-      const float v = Tag::load(row + f);
-      sum[f] += v * v;
-      const float av = std::fabs(v);
-      amax[f] = av > amax[f] ? av : amax[f];
-    }
+    accumulate_row<Tag>(row, 1, sum, amax, n);
   }
 }
 
@@ -95,16 +91,8 @@ void accumulate_chunk(const AccumulateStatsArgs& a, int64_t f0, int64_t f1, cons
             accumulate_contiguous_row<Tag>(x + t * a.x.row_stride + f0 + ft, block_sum + ft, amax + ft, n);
       }
     } else {
-      for (int64_t t = t0; t < t1; ++t) {
-        if (!counted[t]) continue;
-        const S* __restrict row = x + t * a.x.row_stride + f0 * cs;
-        for (int64_t f = 0; f < width; ++f) {
-          const float v = Tag::load(row + f * cs);
-          block_sum[f] += v * v;
-          const float av = std::fabs(v);
-          amax[f] = av > amax[f] ? av : amax[f];
-        }
-      }
+      for (int64_t t = t0; t < t1; ++t)
+        if (counted[t]) accumulate_row<Tag>(x + t * a.x.row_stride + f0 * cs, cs, block_sum, amax, width);
     }
     for (int64_t f = 0; f < width; ++f) total[f] += block_sum[f];
   }
