@@ -206,17 +206,22 @@ def _plt():
     return plt
 
 
-def _plot_top_features(path: Path, mags_k: np.ndarray, label: str, top: int) -> None:
-    plt = _plt()
-    layers = mags_k.shape[0]
+def _layer_grid(plt, layers: int, cell_w: float, cell_h: float):
+    """A figure with one panel per layer, 6 per row; returns it and the (layer, axes) pairs in use
+    (panels past the last layer are switched off)."""
     cols = min(6, layers)
     rows = (layers + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-    for layer in range(rows * cols):
-        ax = axes[layer // cols][layer % cols]
-        if layer >= layers:
-            ax.axis("off")
-            continue
+    fig, axes = plt.subplots(rows, cols, figsize=(cell_w * cols, cell_h * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[layers:]:
+        ax.axis("off")
+    return fig, list(enumerate(flat[:layers]))
+
+
+def _plot_top_features(path: Path, mags_k: np.ndarray, label: str, top: int) -> None:
+    plt = _plt()
+    fig, per_layer = _layer_grid(plt, mags_k.shape[0], 3.2, 2.4)
+    for layer, ax in per_layer:
         v = mags_k[layer]
         order = np.argsort(-v, kind="stable")[:top]
         ax.bar(range(len(order)), v[order], color="tab:blue")
@@ -262,15 +267,8 @@ def _plot_overlap(path_mean: Path, path_layers: Path, mat: np.ndarray, labels: l
     fig.tight_layout()
     fig.savefig(path_mean, dpi=120)
     plt.close(fig)
-    layers = mat.shape[0]
-    cols = min(6, layers)
-    rows = (layers + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
-    for layer in range(rows * cols):
-        ax = axes[layer // cols][layer % cols]
-        if layer >= layers:
-            ax.axis("off")
-            continue
+    fig, per_layer = _layer_grid(plt, mat.shape[0], 3.0, 3.0)
+    for layer, ax in per_layer:
         _plot_heatmap(ax, mat[layer], labels, f"layer {layer}", len(labels) <= 6, vmax)
     fig.suptitle(f"share (%) of the row condition's {ylabel.split(' features')[0]} features among the column "
                  f"condition's {xlabel.split(' features')[0]} features", fontsize=10)

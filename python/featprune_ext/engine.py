@@ -807,6 +807,7 @@ def _collect_stats(block, linears, calls, hidden, batches, bucket_names, device)
 
     def hook_for(name):
         st = stats[name]
+        partial = torch.zeros(1, st.sumsq.shape[1], dtype=torch.float32, device=st.sumsq.device)  # reused per batch
 
         def hook(module, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
@@ -816,11 +817,11 @@ def _collect_stats(block, linears, calls, hidden, batches, bucket_names, device)
                     raise RuntimeError(f"{name} got input {tuple(x.shape)} that does not line up with the "
                                        f"{tuple(mask.shape)} token mask")
                 mask = mask.reshape(x.shape[:-1])
-            # The kernel sums this batch into a fresh fp32 row; adding it to a float64 total is
+            # The kernel sums this batch into a zeroed fp32 row; adding it to a float64 total is
             # exact in practice, so the result does not depend on batch order or on how the
             # batches were split among ranks (distributed.py).
             b = current["bucket"]
-            partial = torch.zeros(1, st.sumsq.shape[1], dtype=torch.float32, device=st.sumsq.device)
+            partial.zero_()
             ops.accumulate_stats(x.detach(), partial, st.count[b:b + 1], token_mask=mask, absmax=st.absmax[b:b + 1])
             st.sumsq[b] += partial[0].double()
 
