@@ -57,13 +57,19 @@ def tiny_llama(tmp_path_factory):
     return build_tiny_model("llama", tmp_path_factory.mktemp("dist") / "model")
 
 
-def test_two_gloo_ranks_match_single_process(tiny_llama, calib_jsonl, tmp_path):
+def prune_single_and_two_ranks(model, calib, tmp_path, nsamples, seqlen):
+    """Prune with one process and with 2 gloo ranks; assert both succeed with identical outputs."""
     single, multi = tmp_path / "single", tmp_path / "multi"
-    one = run_single(*prune_cmd(tiny_llama, single, calib_jsonl, 8, 48))
+    one = run_single(*prune_cmd(model, single, calib, nsamples, seqlen))
     assert one.returncode == 0, one.stderr
-    two = run_torchrun(2, *prune_cmd(tiny_llama, multi, calib_jsonl, 8, 48))
+    two = run_torchrun(2, *prune_cmd(model, multi, calib, nsamples, seqlen))
     assert two.returncode == 0, two.stderr[-3000:]
     assert_same_output(single, multi)
+    return multi
+
+
+def test_two_gloo_ranks_match_single_process(tiny_llama, calib_jsonl, tmp_path):
+    multi = prune_single_and_two_ranks(tiny_llama, calib_jsonl, tmp_path, 8, 48)
     report = json.loads((multi / "featprune.json").read_text())
     assert report["calibration"]["samples"] == 8
     assert not list(multi.glob("activations-*")) and not (tmp_path / "multi.partial").exists()
@@ -89,9 +95,4 @@ def test_distributed_flag_without_torchrun_is_a_clear_error(tiny_llama, calib_js
 
 @pytest.mark.slow
 def test_real_smollm2_two_ranks_match(smollm2_dir, calib_jsonl, tmp_path):
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    one = run_single(*prune_cmd(smollm2_dir, single, calib_jsonl, 4, 32))
-    assert one.returncode == 0, one.stderr
-    two = run_torchrun(2, *prune_cmd(smollm2_dir, multi, calib_jsonl, 4, 32))
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert_same_output(single, multi)
+    prune_single_and_two_ranks(smollm2_dir, calib_jsonl, tmp_path, 4, 32)
