@@ -2,19 +2,15 @@
 
 The engine gives every prunable linear a LinearStats (per-bucket sum of x^2, token count
 and max |x| of its inputs) and calls `method.prune_(...)` on the [out, in] weight view.
-A method decides which buckets it uses; the default prune_ is
+A method decides which buckets it uses (`base_buckets`); the default prune_ is
 
-    ops.prune_rows_(w, method.column_scale(stats, w), protect=method.protected_columns(stats, w))
+    ops.prune_rows_(w, method.column_scale(stats, w), protect=method.protected_columns(stats, w, name))
 
-Extension points (another module may add these without touching the engine):
-- a contrastive method: subclass PruneMethod, pick base and contrast buckets by name in
-  `prepare` (fail there if one is missing) and return norm = base * base / contrast in
-  `column_scale` (guard the division);
-- outlier-column protection: return a bool [C] mask from `protected_columns` (top-p% of
-  stats.rms() or stats.absmax >= threshold); the kernel keeps the per-row count.
+Methods: Wanda (RMS of the base buckets), Contrastive (the paper's base * base / contrast),
+Magnitude and Random (baselines). Any of them takes an OutlierProtection (top-P% RMS
+columns, absmax >= T) applied to the matrices that read the hidden state.
 Register new methods with `register_method(name, factory)` so the CLI can build them.
 """
-
 from __future__ import annotations
 
 import zlib
