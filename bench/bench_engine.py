@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# the naive in-memory oracle lives with the tests (not in the wheel); children run it as `-m naive`
+HELPERS = HERE.parent / "tests" / "helpers"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS), os.environ.get("PYTHONPATH")]))
 RESULTS = HERE / "RESULTS.md"
 SECTION = "## Engine"
 LANGS = {"fr": "French", "de": "German", "es": "Spanish", "ru": "Russian", "zh_CN": "Chinese", "ja": "Japanese"}
@@ -136,7 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     args = p.parse_args(argv)
 
-    from featprune_ext import zoo
+    from featprune_ext.data import zoo
 
     model = zoo.gemma3_270m_dir()
     machine = machine_line()
@@ -147,7 +150,7 @@ def main(argv=None) -> int:
                                  for t in demonstration_texts(args.nsamples)), encoding="utf-8")
         common = ["--calib-texts", str(calib), "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
                   "--sparsity", str(args.sparsity)]
-        naive = run_arm([sys.executable, "-m", "featprune_ext.naive", str(model), *common, "--out",
+        naive = run_arm([sys.executable, "-m", "naive", str(model), *common, "--out",
                          str(tmp / "naive")], None)
         streamed = run_arm([sys.executable, "-m", "featprune_ext.cli", "prune", str(model), "--out",
                             str(tmp / "streamed"), *common, "--no-progress"], tmp / "streamed" / "featprune.json")

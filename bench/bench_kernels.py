@@ -1,9 +1,13 @@
 """Times the native kernels against the PyTorch reference and a plain copy, in one run.
 
-    python bench/bench_kernels.py [--device cpu|cuda] [--repeats N] [--quick] [--markdown]
+    python bench/bench_kernels.py [--device cpu|cuda] [--repeats N] [--quick] [--only prune|stats]
+                                  [--no-reference]
 
-prune_rows_ bytes = one read + one write of w (the floor); accumulate_stats
-bytes = one read of x. Ratios are against numbers measured in the same run.
+prune_rows_ bytes = one read + one write of w; its floor is `dst.copy_(w)` into a
+preallocated tensor of the same dtype and shape. accumulate_stats bytes = one read
+of x; its floor is `torch.amax(x)`. Kernel and floor calls alternate in one loop
+(medians of each), so both see the same machine load; "x floor" = kernel / floor.
+2:4 on a column count that is not a multiple of 4 uses the next lower multiple.
 """
 
 from __future__ import annotations
@@ -17,8 +21,24 @@ import torch
 import featprune_ext
 from featprune_ext import ops, reference
 
-SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (769, 5125)]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PATTERNS = ["50%", "2:4"]
+
+
+def once(fn, device: str) -> float:
+    """Milliseconds of one call of fn()."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def timed(fn, device: str, repeats: int, setup=None) -> float:
@@ -27,21 +47,27 @@ def timed(fn, device: str, repeats: int, setup=None) -> float:
     for i in range(repeats + 1):
         if setup is not None:
             setup()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            ms = (time.perf_counter() - t0) * 1e3
+        ms = once(fn, device)
         if i:  # the first call warms caches and allocators
             samples.append(ms)
     return statistics.median(samples)
+
+
+def timed_pair(fn, floor_fn, device: str, repeats: int, setup=None) -> tuple[float, float]:
+    """Medians (ms) of fn() and floor_fn(), calls alternating so both see the same load.
+
+    setup() runs before each fn() and is not timed; the first round only warms up.
+    """
+    a, b = [], []
+    for i in range(repeats + 1):
+        if setup is not None:
+            setup()
+        ms_fn = once(fn, device)
+        ms_floor = once(floor_fn, device)
+        if i:
+            a.append(ms_fn)
+            b.append(ms_floor)
+    return statistics.median(a), statistics.median(b)
 
 
 def bench_prune(rows, cols, dtype, device, repeats, with_reference, pattern):
@@ -52,8 +78,8 @@ def bench_prune(rows, cols, dtype, device, repeats, with_reference, pattern):
     dst = torch.empty_like(original)
     kwargs = {"sparsity": 0.5} if pattern == "50%" else {"n": 2, "m": 4}
     restore = lambda: w.copy_(original)  # noqa: E731 - pruning must start from the dense matrix each time
-    native_ms = timed(lambda: ops.prune_rows_(w, scale, **kwargs), device, repeats, restore)
-    copy_ms = timed(lambda: dst.copy_(original), device, repeats)
+    native_ms, copy_ms = timed_pair(lambda: ops.prune_rows_(w, scale, **kwargs), lambda: dst.copy_(original),
+                                    device, repeats, restore)
     ref_ms = timed(lambda: reference.prune_rows_(w, scale, **kwargs), device, max(1, repeats // 3), restore) \
         if with_reference else float("nan")
     nbytes = 2 * original.numel() * original.element_size()
@@ -66,8 +92,8 @@ def bench_stats(tokens, features, dtype, device, repeats, with_reference):
     sumsq = torch.zeros(1, features, device=device)
     absmax = torch.zeros(1, features, device=device)
     count = torch.zeros(1, dtype=torch.int64, device=device)
-    native_ms = timed(lambda: ops.accumulate_stats(x, sumsq, count, absmax=absmax), device, repeats)
-    read_ms = timed(lambda: torch.amax(x), device, repeats)
+    native_ms, read_ms = timed_pair(lambda: ops.accumulate_stats(x, sumsq, count, absmax=absmax),
+                                    lambda: torch.amax(x), device, repeats)
     ref_ms = timed(lambda: reference.accumulate_stats(x, sumsq, count, absmax=absmax), device, repeats) \
         if with_reference else float("nan")
     return native_ms, ref_ms, read_ms, x.numel() * x.element_size()
@@ -78,31 +104,34 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="first shape only")
+    parser.add_argument("--only", choices=["prune", "stats"], help="one kernel only")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference timings")
     args = parser.parse_args()
     device = args.device
     info = featprune_ext.build_info()
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"# featprune {info['version']} kernels on {where}; torch {torch.__version__}; "
-          f"openmp={info['openmp']} cuda={info['cuda']}")
+          f"openmp={info['openmp']} cuda={info['cuda']}; medians of {args.repeats}")
     shapes = SHAPES[:1] if args.quick else SHAPES
     header = "| kernel | shape | dtype | native ms | GB/s | reference ms | speed-up vs ref | floor ms | x floor |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    rows_out = []
+
+    def report(kernel, shape, dt, nat, nbytes, ref, floor, floor_name):
+        print(f"| {kernel} | {shape} | {dt} | {nat:.2f} | {nbytes / nat / 1e6:.1f} | {ref:.1f} | "
+              f"{ref / nat:.1f}x | {floor:.2f} ({floor_name}) | {nat / floor:.2f} |", flush=True)
+
     for name, dtype in DTYPES.items():
         for rows, cols in shapes:
-            for pattern in (["50%", "2:4"] if (rows, cols) == SHAPES[0] else ["50%"]):
-                nat, ref, floor, nbytes = bench_prune(rows, cols, dtype, device, args.repeats,
-                                                      not args.no_reference, pattern)
-                rows_out.append((f"prune_rows_ {pattern}", f"{rows}x{cols}", name, nat, nbytes, ref, floor))
-            nat, ref, floor, nbytes = bench_stats(rows, cols, dtype, device, args.repeats, not args.no_reference)
-            rows_out.append(("accumulate_stats", f"{rows}x{cols}", name, nat, nbytes, ref, floor))
-            for kernel, shape, dt, nat, nbytes, ref, floor in rows_out[-(2 if (rows, cols) != SHAPES[0] else 3):]:
-                floor_name = "copy" if kernel.startswith("prune") else "read"
-                print(f"| {kernel} | {shape} | {dt} | {nat:.2f} | {nbytes / nat / 1e6:.1f} | {ref:.1f} | "
-                      f"{ref / nat:.1f}x | {floor:.2f} ({floor_name}) | {nat / floor:.2f} |", flush=True)
-
+            if args.only != "stats":
+                for pattern in PATTERNS:
+                    c = cols - cols % 4 if pattern == "2:4" else cols
+                    nat, ref, floor, nbytes = bench_prune(rows, c, dtype, device, args.repeats,
+                                                          not args.no_reference, pattern)
+                    report(f"prune_rows_ {pattern}", f"{rows}x{c}", name, nat, nbytes, ref, floor, "copy")
+            if args.only != "prune":
+                nat, ref, floor, nbytes = bench_stats(rows, cols, dtype, device, args.repeats, not args.no_reference)
+                report("accumulate_stats", f"{rows}x{cols}", name, nat, nbytes, ref, floor, "read")
 
 if __name__ == "__main__":
     main()

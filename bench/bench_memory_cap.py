@@ -24,8 +24,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# the naive in-memory oracle lives with the tests (not in the wheel); children run it as `-m naive`
+HELPERS = HERE.parent / "tests" / "helpers"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))  # tiny_models: an offline tokenizer
+sys.path.insert(0, str(HELPERS))  # tiny_models: an offline tokenizer
 
 SHAPE = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=20, num_attention_heads=16,
              num_key_value_heads=16, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
@@ -37,7 +40,7 @@ def build_model(path: Path, shape: dict, dtype_name: str = "float32", seed: int 
     import torch
     from transformers import LlamaConfig
 
-    from featprune_ext.checkpoint import write_index, write_safetensors
+    from featprune_ext.engine.checkpoint import write_index, write_safetensors
     from tiny_models import build_tokenizer
 
     if (path / "config.json").exists():
@@ -212,7 +215,7 @@ def main(argv=None) -> int:
         rss, result = "-", f"FAILED rc={rc}, oom kills {ooms}: {err.strip().splitlines()[-1] if err.strip() else ''}"
     lines.append(f"| streamed engine | {result} | {wall:.0f} | {(peak or 0) / gib:.2f} | {rss} |")
     if args.naive:
-        ncmd = [sys.executable, "-m", "featprune_ext.naive", str(model), "--calib-texts", str(calib), "--nsamples",
+        ncmd = [sys.executable, "-m", "naive", str(model), "--calib-texts", str(calib), "--nsamples",
                 str(args.nsamples), "--seqlen", str(args.seqlen), "--sparsity", "0.5"]
         with MemoryCgroup(limit) as cg:
             nrc, nwall, _ = run_capped(cg, ncmd)

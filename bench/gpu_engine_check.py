@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests" / "helpers"))
 
 SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, tie_word_embeddings=False)
@@ -34,7 +34,7 @@ SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
 def calibration_for(model_dir: Path, nsamples: int, seqlen: int):
     from transformers import AutoTokenizer
 
-    from featprune_ext.calibration_types import CalibrationSet
+    from featprune_ext.data.calibration_set import CalibrationSet
     from tiny_models import TEXTS
 
     texts = [" ".join(TEXTS[(i + j) % len(TEXTS)] for j in range(40)) for i in range(nsamples)]

@@ -1,10 +1,6 @@
-import sys
-from pathlib import Path
-
-# test helper modules (kernel_cases.py, ...) import by bare name
-sys.path.insert(0, str(Path(__file__).parent))
-
-import pytest  # noqa: E402
+# Helper modules (tests/helpers: tiny_models, kernel_cases, the naive oracle) import by bare
+# name through pytest's `pythonpath` setting in pyproject.toml.
+import pytest
 
 
 # -- shared models for the engine tests (built once per session) -------------------------------
@@ -45,7 +41,7 @@ def calib_jsonl(tmp_path_factory):
 
 
 def _zoo_model(fn_name: str):
-    from featprune_ext import zoo
+    from featprune_ext.data import zoo
 
     try:
         return getattr(zoo, fn_name)()

@@ -9,10 +9,31 @@
 // and the first (k - #less) keys == v in column order: exactly what a stable
 // ascending sort selects. Writes are branch-free blends (a 50% mask is
 // unpredictable, so branching on it would cost a mispredict per weight).
+//
+// That portable path serves strided rows, unusual N:M shapes and CPUs without
+// AVX2. On x86-64 CPUs with AVX2+F16C (checked at run time; FEATPRUNE_CPU_SIMD=0
+// forces the portable path) the AVX2 path below is used instead; same results:
+// - N:M with m in {1, 2, 4, 8} on contiguous rows: one fused pass per row. Eight
+//   keys at a time; each entry's rank in its group is counted against the m - 1
+//   rotations of the group (lane permutes), so nothing goes through memory.
+// - Unstructured: keys computed 8 at a time into a row buffer; a fixed sample of
+//   the row brackets the k-th key [lo, hi]; one pass counts keys < lo and
+//   compacts keys in [lo, hi] (AVX2 compress by lookup table); radix select with
+//   8-bit digits over the bracket's differing bits refines those few; one fused
+//   pass flags, blends the weights and writes the mask. If the bracket misses
+//   (skewed row) the radix select runs over the whole row: slower, same result.
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FEATPRUNE_X86_SIMD 1
+#define FEATPRUNE_AVX2 __attribute__((target("avx2,f16c,popcnt")))
+#endif
 
 #include "dtype_access.h"
 #include "featprune/kernels.h"
@@ -195,11 +216,428 @@ void check_args(const PruneRowsArgs& a) {
   }
 }
 
+
+#ifdef FEATPRUNE_X86_SIMD
+namespace simd {
+
+constexpr size_t kPad = 8;            // compaction may write up to 8 keys past its count
+constexpr int64_t kMinSampledCols = 512;  // narrower rows go straight to the radix select
+
+// For each 8-bit lane mask, the indices of its set lanes packed from the low byte.
+struct CompressTable {
+  uint64_t idx[256];
+  CompressTable() {
+    for (int mask = 0; mask < 256; ++mask) {
+      uint64_t v = 0;
+      int n = 0;
+      for (int l = 0; l < 8; ++l)
+        if ((mask >> l) & 1) v |= uint64_t(l) << (8 * n++);
+      idx[mask] = v;
+    }
+  }
+};
+const CompressTable kCompress;
+
+// Read-only per call, shared by the threads.
+struct CallData {
+  std::vector<uint32_t> prot_or;   // per column: 0, or 0xFFFFFFFF where protected
+  std::vector<int64_t> sample_pos; // fixed pseudo-random columns (empty: no sampling)
+  int64_t sample_lo = -1, sample_hi = 0;  // bracket ranks in the sorted sample (-1 / size: open)
+};
+
+struct Scratch {
+  std::vector<uint32_t> keys, a, b, sample, hist;
+  std::vector<uint8_t> flags;
+  explicit Scratch(int64_t cols, size_t samples)
+      : keys(size_t(cols) + kPad), a(size_t(cols) + kPad), b(size_t(cols) + kPad), sample(samples),
+        hist(4 * 256), flags(size_t(cols) + kPad) {}
+};
+
+template <DType D>
+inline float load1(const void* base, int64_t j) {
+  if constexpr (D == DType::kFloat32) return static_cast<const float*>(base)[j];
+  else if constexpr (D == DType::kFloat16) return fp16_bits_to_float(static_cast<const uint16_t*>(base)[j]);
+  else return bf16_bits_to_float(static_cast<const uint16_t*>(base)[j]);
+}
+
+template <DType D>
+inline void zero1(void* base, int64_t j) {
+  if constexpr (D == DType::kFloat32) static_cast<float*>(base)[j] = 0.0f;
+  else static_cast<uint16_t*>(base)[j] = 0;
+}
+
+template <DType D>
+FEATPRUNE_AVX2 inline __m256 load8(const void* base, int64_t j) {
+  if constexpr (D == DType::kFloat32) {
+    return _mm256_loadu_ps(static_cast<const float*>(base) + j);
+  } else {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + j));
+    if constexpr (D == DType::kFloat16)
+      return _mm256_cvtph_ps(raw);  // exact, like fp16_bits_to_float (NaN payloads differ: keys canonicalise)
+    else
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+  }
+}
+
+// score_key() for 8 columns, then protected columns forced to kProtectedKey.
+FEATPRUNE_AVX2 inline __m256i key8(__m256 w, const float* scale, const uint32_t* prot_or) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256 s = _mm256_mul_ps(_mm256_and_ps(w, abs_mask), _mm256_loadu_ps(scale));
+  const __m256 nan = _mm256_cmp_ps(s, s, _CMP_UNORD_Q);
+  // NaN -> 0x7FFFFFFF; otherwise the bits without the sign of a -0.0.
+  const __m256i key = _mm256_castps_si256(_mm256_and_ps(_mm256_or_ps(s, nan), abs_mask));
+  return _mm256_or_si256(key, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(prot_or)));
+}
+
+// Zero the pruned lanes of w[j .. j+8) (kept lanes rewritten with their own bits).
+template <DType D>
+FEATPRUNE_AVX2 inline void blend_store8(void* base, int64_t j, __m256i prune) {
+  if constexpr (D == DType::kFloat32) {
+    float* p = static_cast<float*>(base) + j;
+    _mm256_storeu_ps(p, _mm256_andnot_ps(_mm256_castsi256_ps(prune), _mm256_loadu_ps(p)));
+  } else {
+    __m128i* p = reinterpret_cast<__m128i*>(static_cast<uint16_t*>(base) + j);
+    const __m128i m16 = _mm_packs_epi32(_mm256_castsi256_si128(prune), _mm256_extracti128_si256(prune, 1));
+    _mm_storeu_si128(p, _mm_andnot_si128(m16, _mm_loadu_si128(p)));
+  }
+}
+
+FEATPRUNE_AVX2 inline void store_flags8(uint8_t* dst, __m256i prune) {
+  const __m128i m16 = _mm_packs_epi32(_mm256_castsi256_si128(prune), _mm256_extracti128_si256(prune, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm_and_si128(_mm_packs_epi16(m16, m16), _mm_set1_epi8(1)));
+}
+
+// Appends the selected lanes of x to dst + m; returns the new count.
+FEATPRUNE_AVX2 inline size_t compress8(uint32_t* dst, size_t m, __m256i x, __m256i sel) {
+  const unsigned mask = unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(sel)));
+  const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kCompress.idx[mask])));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + m), _mm256_permutevar8x32_epi32(x, perm));
+  return m + size_t(_mm_popcnt_u32(mask));
+}
+
+inline const char* row_ptr(const PruneRowsArgs& a, int64_t row, size_t elem) {
+  return static_cast<const char*>(a.weight.data) + row * a.weight.row_stride * int64_t(elem);
+}
+
+// ---- N:M, contiguous rows, m in {1, 2, 4, 8} ----
+template <DType D, int M>
+FEATPRUNE_AVX2 void n_m_row(const PruneRowsArgs& a, const CallData& cd, int64_t row, uint8_t* flags) {
+  constexpr size_t elem = D == DType::kFloat32 ? 4 : 2;
+  void* w = const_cast<char*>(row_ptr(a, row, elem));
+  const int64_t cols = a.weight.cols;
+  const float* scale = a.col_scale;
+  const uint32_t* prot = cd.prot_or.data();
+  const int drop = M - a.n;
+  // Rotation r brings lane (i + r) mod M of the group to lane i; "wrap" lanes see a lower
+  // column index, where an equal key ranks first (stable order).
+  __m256i idx[M > 1 ? M : 2], wrap[M > 1 ? M : 2];
+  for (int r = 1; r < M; ++r) {
+    alignas(32) int32_t iv[8], wv[8];
+    for (int i = 0; i < 8; ++i) {
+      const int g = i / M * M, pos = i % M;
+      iv[i] = g + (pos + r) % M;
+      wv[i] = pos + r >= M ? -1 : 0;
+    }
+    idx[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(iv));
+    wrap[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(wv));
+  }
+  const __m256i bias = _mm256_set1_epi32(int32_t(0x80000000u)), dropv = _mm256_set1_epi32(drop);
+  const __m256i all_ones = _mm256_set1_epi32(-1);
+  int64_t j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    const __m256i key = key8(load8<D>(w, j), scale + j, prot + j);
+    const __m256i ks = _mm256_xor_si256(key, bias);  // unsigned order as signed
+    __m256i rank = _mm256_setzero_si256();
+    for (int r = 1; r < M; ++r) {
+      const __m256i o = _mm256_permutevar8x32_epi32(ks, idx[r]);
+      const __m256i before = _mm256_or_si256(_mm256_cmpgt_epi32(ks, o), _mm256_and_si256(wrap[r], _mm256_cmpeq_epi32(ks, o)));
+      rank = _mm256_sub_epi32(rank, before);
+    }
+    const __m256i prune = _mm256_andnot_si256(_mm256_cmpeq_epi32(key, all_ones), _mm256_cmpgt_epi32(dropv, rank));
+    blend_store8<D>(w, j, prune);
+    if (flags) store_flags8(flags + j, prune);
+  }
+  for (; j < cols; j += M) {  // whole groups (8 % M == 0 and cols % M == 0)
+    uint32_t key[M];
+    for (int i = 0; i < M; ++i) key[i] = score_key(load1<D>(w, j + i), scale[j + i]) | prot[j + i];
+    for (int i = 0; i < M; ++i) {
+      int rank = 0;
+      for (int o = 0; o < M; ++o) rank += (key[o] < key[i]) | ((key[o] == key[i]) & (o < i));
+      const bool p = (rank < drop) & (key[i] != kProtectedKey);
+      if (p) zero1<D>(w, j + i);
+      if (flags) flags[j + i] = p;
+    }
+  }
+}
+
+// ---- unstructured ----
+FEATPRUNE_AVX2 size_t bracket_pass(const uint32_t* keys, size_t n, uint32_t lo, uint32_t hi, uint32_t* dst,
+                                   int64_t* n_below) {
+  const __m256i lov = _mm256_set1_epi32(int32_t(lo)), hiv = _mm256_set1_epi32(int32_t(hi));
+  size_t m = 0, i = 0;
+  int64_t below = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i));
+    const __m256i ge = _mm256_cmpeq_epi32(_mm256_max_epu32(x, lov), x);
+    const __m256i le = _mm256_cmpeq_epi32(_mm256_min_epu32(x, hiv), x);
+    below += 8 - _mm_popcnt_u32(unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(ge))));
+    m = compress8(dst, m, x, _mm256_and_si256(ge, le));
+  }
+  for (; i < n; ++i) {
+    const uint32_t x = keys[i];
+    below += x < lo;
+    dst[m] = x;
+    m += (x >= lo) & (x <= hi);
+  }
+  *n_below = below;
+  return m;
+}
+
+FEATPRUNE_AVX2 size_t compact_digit(const uint32_t* src, size_t n, int shift, uint32_t digit_mask, uint32_t digit,
+                                    uint32_t* dst) {
+  const __m128i sh = _mm_cvtsi32_si128(shift);
+  const __m256i dm = _mm256_set1_epi32(int32_t(digit_mask)), dv = _mm256_set1_epi32(int32_t(digit));
+  size_t m = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    m = compress8(dst, m, x, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_srl_epi32(x, sh), dm), dv));
+  }
+  for (; i < n; ++i) {
+    const uint32_t x = src[i];
+    dst[m] = x;
+    m += ((x >> shift) & digit_mask) == digit;
+  }
+  return m;
+}
+
+// The key of 0-based rank `rank` in the row (s.keys), how many keys are smaller, how many equal.
+FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int64_t rank, uint32_t* threshold,
+                               int64_t* n_less, int64_t* n_equal) {
+  const uint32_t* keys = s.keys.data();
+  uint32_t lo = 0, hi = 0xFFFFFFFFu;
+  int64_t before = 0, r = rank;
+  size_t n = 0;
+  bool bracketed = false;
+  const size_t ns = cd.sample_pos.size();
+  if (ns) {
+    uint32_t* smp = s.sample.data();
+    for (size_t i = 0; i < ns; ++i) smp[i] = keys[cd.sample_pos[i]];
+    const int64_t li = cd.sample_lo, hi_i = cd.sample_hi;
+    if (li >= 0) {
+      std::nth_element(smp, smp + li, smp + ns);
+      lo = smp[li];
+    }
+    if (hi_i < int64_t(ns)) {
+      std::nth_element(smp + (li + 1), smp + hi_i, smp + ns);
+      hi = smp[hi_i];
+    }
+    int64_t below = 0;
+    const size_t m = bracket_pass(keys, size_t(cols), lo, hi, s.a.data(), &below);
+    if (below <= rank && rank < below + int64_t(m)) {
+      bracketed = true;
+      before = below;
+      r = rank - below;
+      n = m;
+    }
+  }
+  if (!bracketed) {  // no sample, or the k-th key fell outside the bracket
+    lo = 0;
+    hi = 0xFFFFFFFFu;
+    before = 0;
+    r = rank;
+    n = size_t(cols);
+    std::memcpy(s.a.data(), keys, n * sizeof(uint32_t));
+  }
+  uint32_t* src = s.a.data();
+  uint32_t* dst = s.b.data();
+  uint32_t (*hist)[256] = reinterpret_cast<uint32_t (*)[256]>(s.hist.data());
+  // Every candidate lies in [lo, hi], so all share the bits above the highest bit where lo
+  // and hi differ; each level histograms the next (up to) 8 bits below that.
+  while (n > kFewCandidates) {
+    const uint32_t diff = lo ^ hi;
+    if (diff == 0) {  // every candidate equals lo
+      *threshold = lo;
+      *n_less = before;
+      *n_equal = int64_t(n);
+      return;
+    }
+    const int hb = 32 - __builtin_clz(diff);
+    const int shift = hb > 8 ? hb - 8 : 0;
+    const uint32_t bins = 1u << (hb - shift), digit_mask = bins - 1;
+    std::memset(hist, 0, 4 * 256 * sizeof(uint32_t));
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+      for (int l = 0; l < 4; ++l) ++hist[l][(src[i + l] >> shift) & digit_mask];
+    for (; i < n; ++i) ++hist[0][(src[i] >> shift) & digit_mask];
+    uint32_t digit = 0;
+    int64_t below = 0;
+    for (; digit < bins; ++digit) {
+      const int64_t c = int64_t(hist[0][digit]) + hist[1][digit] + hist[2][digit] + hist[3][digit];
+      if (below + c > r) break;
+      below += c;
+    }
+    before += below;
+    r -= below;
+    n = compact_digit(src, n, shift, digit_mask, digit, dst);
+    std::swap(src, dst);
+    const uint32_t high = hb == 32 ? 0u : (lo & ~((1u << hb) - 1u));
+    lo = high | (digit << shift);
+    hi = lo | ((1u << shift) - 1u);
+  }
+  std::nth_element(src, src + r, src + n);
+  const uint32_t v = src[r];
+  int64_t less = 0, equal = 0;
+  for (size_t j = 0; j < n; ++j) {
+    less += src[j] < v;
+    equal += src[j] == v;
+  }
+  *threshold = v;
+  *n_less = before + less;
+  *n_equal = equal;
+}
+
+template <DType D>
+FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd, Scratch& s, int64_t row,
+                                     uint8_t* flags) {
+  constexpr size_t elem = D == DType::kFloat32 ? 4 : 2;
+  void* w = const_cast<char*>(row_ptr(a, row, elem));
+  const int64_t cols = a.weight.cols, cs = a.weight.col_stride, k = a.k;
+  const bool contiguous = cs == 1;
+  if (!contiguous && !flags) flags = s.flags.data();
+  if (k == 0) {
+    if (flags) std::memset(flags, 0, size_t(cols));
+    return;
+  }
+  const float* scale = a.col_scale;
+  const uint32_t* prot = cd.prot_or.data();
+  uint32_t* keys = s.keys.data();
+  int64_t j = 0;
+  if (contiguous) {
+    for (; j + 8 <= cols; j += 8)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + j), key8(load8<D>(w, j), scale + j, prot + j));
+  }
+  for (; j < cols; ++j) keys[j] = score_key(load1<D>(w, j * cs), scale[j]) | prot[j];
+
+  uint32_t v;
+  int64_t n_less, n_equal;
+  select_row(s, cd, cols, k - 1, &v, &n_less, &n_equal);
+  // Pruned: keys < v, and keys == v in columns < cut (the first k - n_less of them).
+  int64_t ties_left = k - n_less, cut = cols;
+  if (ties_left < n_equal) {
+    cut = 0;
+    for (int64_t c = 0; ties_left > 0; ++c)
+      if (keys[c] == v && --ties_left == 0) cut = c + 1;
+  }
+  const __m256i vv = _mm256_set1_epi32(int32_t(v));
+  const __m256i cutv = _mm256_set1_epi32(int32_t(cut)), step = _mm256_set1_epi32(8);
+  __m256i col = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + j));
+    const __m256i le = _mm256_cmpeq_epi32(_mm256_min_epu32(x, vv), x);
+    const __m256i eq = _mm256_cmpeq_epi32(x, vv);
+    const __m256i tie_ok = _mm256_cmpgt_epi32(cutv, col);
+    const __m256i prune = _mm256_andnot_si256(_mm256_andnot_si256(tie_ok, eq), le);  // le & !(eq & !tie_ok)
+    if (contiguous) blend_store8<D>(w, j, prune);
+    if (flags) store_flags8(flags + j, prune);
+    col = _mm256_add_epi32(col, step);
+  }
+  for (; j < cols; ++j) {
+    const bool p = (keys[j] < v) | ((keys[j] == v) & (j < cut));
+    if (contiguous && p) zero1<D>(w, j);
+    if (flags) flags[j] = p;
+  }
+  if (!contiguous)
+    for (int64_t c = 0; c < cols; ++c)
+      if (flags[c]) zero1<D>(w, c * cs);
+}
+
+bool usable(const PruneRowsArgs& a) {
+  static const bool cpu_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+                             __builtin_cpu_supports("popcnt");
+  if (!cpu_ok) return false;
+  const char* env = std::getenv("FEATPRUNE_CPU_SIMD");
+  if (env && env[0] == '0') return false;
+  if (a.weight.cols >= (int64_t(1) << 31) - 16) return false;
+  if (a.m > 0) return a.weight.col_stride == 1 && (a.m == 1 || a.m == 2 || a.m == 4 || a.m == 8);
+  return true;
+}
+
+CallData make_call_data(const PruneRowsArgs& a) {
+  CallData cd;
+  const int64_t cols = a.weight.cols;
+  cd.prot_or.assign(size_t(cols) + kPad, 0u);
+  if (a.protect)
+    for (int64_t j = 0; j < cols; ++j) cd.prot_or[j] = a.protect[j] ? kProtectedKey : 0u;
+  if (a.m == 0 && a.k > 0 && cols >= kMinSampledCols) {
+    // Sample size ~ cols / 16 (at most 256); the bracket spans the target rank +- 3 standard
+    // deviations of its sample estimate, so it misses rarely, and holds ~1/8-1/4 of the row.
+    const int64_t ns = std::min<int64_t>(256, cols / 16);
+    uint64_t state = 0x9E3779B97F4A7C15ull;
+    cd.sample_pos.resize(size_t(ns));
+    for (int64_t i = 0; i < ns; ++i) {
+      state += 0x9E3779B97F4A7C15ull;  // splitmix64: fixed, so every run samples the same columns
+      uint64_t z = state;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      z ^= z >> 31;
+      cd.sample_pos[size_t(i)] = int64_t((z >> 32) * uint64_t(cols) >> 32);
+    }
+    const double p = (double(a.k) - 0.5) / double(cols);
+    const double center = p * double(ns), spread = 3.0 * std::sqrt(double(ns) * p * (1.0 - p)) + 2.0;
+    cd.sample_lo = int64_t(std::floor(center - spread));
+    cd.sample_hi = int64_t(std::ceil(center + spread));
+    if (cd.sample_lo < 0) cd.sample_lo = -1;
+    if (cd.sample_hi > ns) cd.sample_hi = ns;
+    if (cd.sample_lo < 0 && cd.sample_hi >= ns) cd.sample_pos.clear();  // the bracket would be everything
+  }
+  return cd;
+}
+
+template <DType D>
+void run(const PruneRowsArgs& a) {
+  const CallData cd = make_call_data(a);
+  const int64_t rows = a.weight.rows, cols = a.weight.cols;
+  const bool mask_direct = a.mask_out && a.mask_col_stride == 1;
+#pragma omp parallel
+  {
+    Scratch s(a.m > 0 ? 0 : cols, cd.sample_pos.size());
+    if (a.m > 0 && a.mask_out && !mask_direct) s.flags.resize(size_t(cols) + kPad);
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) {
+      uint8_t* flags = !a.mask_out ? nullptr : mask_direct ? a.mask_out + row * a.mask_row_stride : s.flags.data();
+      switch (a.m) {
+        case 0: unstructured_row<D>(a, cd, s, row, flags); break;
+        case 1: n_m_row<D, 1>(a, cd, row, flags); break;
+        case 2: n_m_row<D, 2>(a, cd, row, flags); break;
+        case 4: n_m_row<D, 4>(a, cd, row, flags); break;
+        default: n_m_row<D, 8>(a, cd, row, flags); break;
+      }
+      if (a.mask_out && !mask_direct) {
+        uint8_t* mask = a.mask_out + row * a.mask_row_stride;
+        for (int64_t j = 0; j < cols; ++j) mask[j * a.mask_col_stride] = flags[j];
+      }
+    }
+  }
+}
+
+}  // namespace simd
+#endif  // FEATPRUNE_X86_SIMD
+
 }  // namespace
 
 void prune_rows_cpu(const PruneRowsArgs& a) {
   check_args(a);
   if (a.weight.rows == 0 || a.weight.cols == 0) return;
+#ifdef FEATPRUNE_X86_SIMD
+  if (simd::usable(a)) {
+    switch (a.weight.dtype) {
+      case DType::kFloat32: simd::run<DType::kFloat32>(a); return;
+      case DType::kFloat16: simd::run<DType::kFloat16>(a); return;
+      case DType::kBFloat16: simd::run<DType::kBFloat16>(a); return;
+    }
+  }
+#endif
   cpu::dispatch_dtype(a.weight.dtype, [&](auto tag) {
     using Tag = decltype(tag);
 #pragma omp parallel

@@ -34,10 +34,10 @@ MODELS = ["dense", "wanda-mt", "wanda-mono", "magnitude", "random"]
 def prune(work: Path, threads: int) -> None:
     from transformers import AutoTokenizer
 
-    from featprune_ext.calibration import build_calibration
+    from featprune_ext.data.calibration import build_calibration
     from featprune_ext.engine import format_report_table, prune_model
     from featprune_ext.methods import get_method
-    from featprune_ext.zoo import gemma3_270m_dir
+    from featprune_ext.data.zoo import gemma3_270m_dir
 
     torch.set_num_threads(threads)
     dense = gemma3_270m_dir()
@@ -61,14 +61,14 @@ def prune(work: Path, threads: int) -> None:
 
 
 def model_paths(work: Path) -> list[str]:
-    from featprune_ext.zoo import gemma3_270m_dir
+    from featprune_ext.data.zoo import gemma3_270m_dir
 
     return [str(gemma3_270m_dir())] + [str(work / "models" / m) for m in MODELS[1:]]
 
 
 def run_eval(work: Path, task: str, langs: str, limit: int, threads: int) -> None:
     out = work / "eval" / task
-    cmd = [sys.executable, "-m", "featprune_ext.eval_cli", "compare", *model_paths(work), "--names", ",".join(MODELS),
+    cmd = [sys.executable, "-m", "featprune_ext.cli", "compare", *model_paths(work), "--names", ",".join(MODELS),
            "--task", task, "--langs", langs, "--data", str(work / "data"), "--limit", str(limit),
            "--threads", str(threads), "--out", str(out), "--reuse"]
     print(" ".join(cmd), flush=True)
@@ -76,9 +76,9 @@ def run_eval(work: Path, task: str, langs: str, limit: int, threads: int) -> Non
 
 
 def run_analyze(work: Path, threads: int) -> None:
-    from featprune_ext.zoo import gemma3_270m_dir
+    from featprune_ext.data.zoo import gemma3_270m_dir
 
-    cmd = [sys.executable, "-m", "featprune_ext.analysis_cli", str(gemma3_270m_dir()), "--langs",
+    cmd = [sys.executable, "-m", "featprune_ext.cli", "analyze", str(gemma3_270m_dir()), "--langs",
            "en,fr,es,zh_CN,ru,ja,hi", "--data", str(work / "data"), "--out", str(work / "analysis"),
            "--nsamples", "20", "--threads", str(threads)]
     print(" ".join(cmd), flush=True)

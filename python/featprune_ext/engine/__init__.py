@@ -1,0 +1,16 @@
+"""The streaming engine: prune a model one transformer block at a time.
+
+skeleton (meta model) -> capture (block arguments) -> run (the block loop) with stats
+(the statistics pass), resume (OUT.partial/, fingerprint, writer) and report; checkpoint
+(safetensors in/out), families (where the blocks and linears are), distributed (torchrun).
+"""
+
+from .batches import Batch, make_batches, pad_id_for, validate_pattern
+from .capture import BlockCall, capture_block_calls
+from .report import format_report_table, peak_rss_bytes
+from .resume import PROGRESS_NAME, REPORT_NAME, partial_dir
+from .run import prune_model
+from .skeleton import ModelSkeleton
+
+__all__ = ["PROGRESS_NAME", "REPORT_NAME", "Batch", "BlockCall", "ModelSkeleton", "capture_block_calls", "format_report_table", "make_batches",
+           "pad_id_for", "partial_dir", "peak_rss_bytes", "prune_model", "validate_pattern"]

@@ -1,0 +1,359 @@
+"""The streaming layer runner: prune a model one transformer block at a time.
+
+The model is never whole in memory. From config.json we build a skeleton whose
+parameters live on the meta device (buffers such as rotary frequencies are real: they
+are computed, not stored). Only what precedes the first block is loaded, and of the
+word embedding only the rows the calibration tokens use. One forward pass with a
+recording stand-in in place of every block captures the arguments each block is called
+with (masks, rotary or alibi position encodings, ...), per layer, whatever the family.
+Then, for each block: its tensors are read (the next block's are prefetched on a
+thread), hooks stream every prunable linear's inputs into ops.accumulate_stats, the
+method prunes each matrix in place with ops.prune_rows_, the block runs again so the
+next one sees pruned outputs, and a writer thread writes its shard and the progress
+record. Output goes to OUT.partial/ and is renamed to OUT at the very end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from .._version import versions
+from ..data.calibration_set import CalibrationSet
+from ..errors import InputError
+from ..files import atomic_save_torch, atomic_write_json, fsync_dir
+from ..methods import PruneMethod
+from .batches import make_batches, pad_id_for, validate_pattern
+from .capture import capture_block_calls
+from .checkpoint import Checkpoint, RawTensor, write_index, write_safetensors
+from .distributed import DistContext
+from .report import numel, peak_rss_bytes
+from .resume import (PROGRESS_NAME, REPORT_NAME, BackgroundWriter, copy_side_files, partial_dir,
+                     run_fingerprint)
+from .skeleton import ModelSkeleton
+from .stats import collect_stats
+
+__all__ = ["prune_model"]
+
+_DIE_ENV = "FEATPRUNE_TEST_DIE_AFTER_BLOCK"  # tests: SIGKILL ourselves once block i is on disk
+
+
+@torch.no_grad()
+def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, method: PruneMethod,
+                sparsity: float | None = None, pattern=None, device="cpu", batch_size: int = 1,
+                resume: bool = False, progress: bool = True, dist: DistContext | None = None) -> dict:
+    """Prune every linear of every block of the model in `model_dir`; write it to `out_dir`.
+
+    pattern: (n, m) or "n:m" for N:M sparsity instead of `sparsity`. Returns the report also
+    written to out_dir/featprune.json. Raises InputError for bad input (nothing complete-looking
+    is left behind), DiskFullError when the disk fills up (rerun with resume=True).
+    dist: data-parallel calibration under torchrun (see distributed.py); every rank calls this,
+    rank 0 alone writes, and the other ranks return {"rank": r} once the output is complete.
+    """
+    dist = dist or DistContext()
+    t_start = time.perf_counter()
+    sparsity, pattern = validate_pattern(sparsity, pattern)
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device must be cpu or cuda, got {device}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda was asked for, but torch sees no CUDA device")
+    model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
+    part = partial_dir(out_dir)
+    if out_dir.exists():
+        raise InputError(f"{out_dir} already exists; refusing to overwrite it (choose another --out or delete it)")
+    if out_dir == model_dir or model_dir in out_dir.parents:
+        raise InputError(f"the output {out_dir} must not be inside the input model directory {model_dir}")
+    if part.exists() and not resume:
+        raise InputError(f"an unfinished run is in {part}: rerun with --resume to continue it, or delete it")
+
+    ckpt = Checkpoint(model_dir)
+    try:
+        skel = ModelSkeleton(ckpt)
+        run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress, dist)
+        fresh = dist.broadcast_object(not part.exists())  # every rank checked before rank 0 creates it
+        if fresh:
+            if dist.is_writer:
+                part.mkdir(parents=True)
+                run.save_progress(0, None)
+            dist.barrier()
+            try:
+                run.execute()
+            except BaseException:
+                if dist.is_writer and not run.layers:  # nothing worth resuming: leave no directory behind
+                    shutil.rmtree(part, ignore_errors=True)
+                raise
+        else:
+            run.load_progress()
+            run.execute()
+        if not dist.is_writer:
+            dist.barrier()  # returns once rank 0 has renamed the finished output into place
+            return {"rank": dist.rank, "world_size": dist.world_size, "out": str(out_dir)}
+        report = run.finish(model_dir, out_dir, t_start)
+        dist.barrier()
+        return report
+    finally:
+        ckpt.close()
+
+
+class _Run:
+    """One pruning run: the block loop, its writer and its progress record."""
+
+    def __init__(self, skel: ModelSkeleton, part: Path, calibration, method: PruneMethod, sparsity, pattern,
+                 device: torch.device, batch_size: int, progress: bool, dist: DistContext):
+        self.skel, self.ckpt, self.part, self.dist = skel, skel.ckpt, part, dist
+        self.calibration, self.method, self.device = calibration, method, device
+        self.sparsity, self.pattern, self.batch_size, self.progress = sparsity, pattern, batch_size, progress
+        self.n, self.m = pattern or (0, 0)
+        if method.needs_calibration:
+            if calibration is None:
+                raise InputError(f"method {method.name} needs calibration samples")
+            if skel.max_positions is not None and calibration.max_len > skel.max_positions:
+                raise InputError(f"calibration samples have {calibration.max_len} tokens, above the model's limit "
+                                 f"of {skel.max_positions} positions: lower --seqlen")
+            method.prepare(list(calibration.bucket_names))
+        for i in range(skel.num_blocks):
+            for pl in skel.prunable(i):
+                if self.m and pl.in_features % self.m:
+                    raise InputError(f"{skel.block_prefix[i]}{pl.param_name} has {pl.in_features} input features, "
+                                     f"not a multiple of M={self.m}: the {self.n}:{self.m} pattern cannot apply")
+        self.fingerprint = run_fingerprint(skel, calibration, method, sparsity, pattern, batch_size, device)
+        if dist.enabled:  # a resumed run must split the batches the same way
+            self.fingerprint += f"-world{dist.world_size}"
+        self.prog_path = part / PROGRESS_NAME
+        self.start_block, self.layers, self.shard0_done, self.act_file = 0, [], False, None
+        self.finalized = False
+        total = skel.num_blocks + 1
+        self.shard_name = [f"model-{j + 1:05d}-of-{total:05d}.safetensors" for j in range(total)]
+        self.t_capture = 0.0
+
+    # -- progress record --
+    def save_progress(self, blocks_done: int, act_file: str | None) -> None:
+        atomic_write_json(self.prog_path, {"fingerprint": self.fingerprint, "blocks_done": blocks_done,
+                                           "shard0_done": self.shard0_done, "layers": self.layers,
+                                           "activations": act_file})
+
+    def load_progress(self) -> None:
+        if not self.prog_path.exists() and (self.part / REPORT_NAME).exists():
+            self.finalized = True  # killed between the report and the rename: only the rename is left
+            return
+        try:
+            prog = json.loads(self.prog_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise InputError(f"{self.part} has no readable {PROGRESS_NAME}; delete it and start again") from None
+        if prog.get("fingerprint") != self.fingerprint:
+            raise InputError(f"{self.part} was made with a different model, calibration set or settings; "
+                             "delete it or rerun with the original arguments")
+        self.start_block, self.layers = prog["blocks_done"], prog["layers"]
+        self.shard0_done, self.act_file = prog["shard0_done"], prog.get("activations")
+        self.resumed_from = self.start_block
+
+    # -- writer jobs (run on the writer thread, one at a time) --
+    def _write_shard0(self) -> None:
+        write_safetensors(self.part / self.shard_name[0], [(k, RawTensor(self.ckpt, k)) for k in self.skel.other_keys])
+        self.shard0_done = True
+        self.save_progress(len(self.layers), self.act_file)
+
+    def _write_block(self, i: int, entries, next_hidden, layer_report) -> None:
+        write_safetensors(self.part / self.shard_name[i + 1], entries)
+        new_act = None
+        if next_hidden is not None:
+            new_act = self._act_name(i + 1)
+            atomic_save_torch(self.part / new_act, next_hidden)
+        self.layers.append(layer_report)
+        self.act_file = new_act
+        self.save_progress(i + 1, new_act)
+        for old in self.part.glob("activations-*.pt"):  # the previous block's inputs are no longer needed
+            if not old.name.startswith(f"activations-{i + 1:05d}"):
+                old.unlink()
+
+    def _act_name(self, block: int) -> str:
+        """This rank's saved inputs of `block` (one file per rank under torchrun)."""
+        if not self.dist.enabled:
+            return f"activations-{block:05d}.pt"
+        return f"activations-{block:05d}.rank{self.dist.rank}.pt"
+
+    # -- the block loop --
+    def _prepare_inputs(self):
+        skel, device = self.skel, self.device
+        t0 = time.perf_counter()
+        pad_id = pad_id_for(skel.config, self.ckpt.info(skel.embedding_key).shape[0])
+        batches = make_batches(self.calibration, self.batch_size, pad_id)
+        if self.dist.enabled:  # this rank's share; statistics are all-reduced per block
+            if len(batches) < self.dist.world_size:
+                raise InputError(f"{len(batches)} calibration batches cannot feed {self.dist.world_size} ranks: "
+                                 "use more samples or a smaller --batch-size")
+            batches = [batches[j] for j in self.dist.batch_indices(len(batches))]
+        skel.load_pre_block(torch.cat([b.ids.reshape(-1) for b in batches]), device, skel.dtype)
+        calls, hidden = capture_block_calls(skel.model, skel.blocks, batches, device)
+        if self.start_block > 0:  # resume: the saved outputs of the last finished block
+            act = self.part / self._act_name(self.start_block)
+            hidden = [h.to(device) for h in torch.load(act, weights_only=True)]
+        self.t_capture = time.perf_counter() - t0
+        return batches, calls, hidden
+
+    def _load(self, i: int):
+        cuda = self.device.type == "cuda"
+        tensors = self.skel.read_block(i, pin_memory=cuda)
+        if not cuda:
+            return tensors, None
+        with torch.cuda.stream(self.copy_stream):  # the host->device copy overlaps the current block's compute
+            tensors = {k: t.to(self.device, non_blocking=True) for k, t in tensors.items()}
+            event = torch.cuda.Event()
+            event.record(self.copy_stream)
+        return tensors, event
+
+    def execute(self) -> None:
+        if self.finalized:
+            return
+        skel, method, device = self.skel, self.method, self.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        batches, calls, hidden = [], [], []
+        if method.needs_calibration and self.start_block < skel.num_blocks:
+            batches, calls, hidden = self._prepare_inputs()
+        writer = BackgroundWriter()
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featprune-prefetch")
+        die_after = os.environ.get(_DIE_ENV)
+        bar = None
+        try:
+            if not self.shard0_done and self.dist.is_writer:
+                writer.submit(self._write_shard0)
+            if self.start_block < skel.num_blocks:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=skel.num_blocks, initial=self.start_block, desc="pruning", unit="block",
+                           file=sys.stderr, disable=not self.progress or not self.dist.is_writer,
+                           dynamic_ncols=True)
+                nxt = loader.submit(self._load, self.start_block)
+            for i in range(self.start_block, skel.num_blocks):
+                t_block = time.perf_counter()
+                tensors, event = nxt.result()
+                if i + 1 < skel.num_blocks:
+                    nxt = loader.submit(self._load, i + 1)  # prefetch while this block computes
+                if event is not None:
+                    stream = torch.cuda.current_stream(device)
+                    stream.wait_event(event)
+                    for t in tensors.values():  # allocated on the copy stream, used and freed on this one
+                        t.record_stream(stream)
+                block = skel.attach_block(i, tensors, device, skel.dtype)
+                del tensors
+                linears = skel.prunable(i)
+                stats = {}
+                if method.needs_calibration:
+                    stats = collect_stats(block, linears, calls[i], hidden, batches,
+                                           self.calibration.bucket_names, device)
+                    self.dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
+                                          [st.absmax for st in stats.values()])
+                entries, matrices = self._prune_block(i, linears, stats)
+                next_hidden = None
+                if method.needs_calibration and i + 1 < skel.num_blocks:
+                    hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1
+                    next_hidden = [h.to("cpu") for h in hidden] if device.type == "cuda" else hidden
+                skel.release_block(i)
+                del block
+                params = sum(numel(v["shape"]) for v in matrices.values())
+                zeros = sum(v["sparsity"] * numel(v["shape"]) for v in matrices.values())
+                report = {"index": i, "time_s": round(time.perf_counter() - t_block, 4),
+                          "sparsity": zeros / max(params, 1), "params": params, "matrices": matrices,
+                          "peak_rss_bytes": peak_rss_bytes()}
+                if device.type == "cuda":
+                    report["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
+                if self.dist.enabled:
+                    # every rank's activations are on disk before rank 0 records the block as done
+                    if not self.dist.is_writer and next_hidden is not None:
+                        atomic_save_torch(self.part / self._act_name(i + 1), next_hidden)
+                    self.dist.barrier()
+                if self.dist.is_writer:
+                    writer.submit(self._write_block, i, entries, next_hidden, report)
+                if bar is not None:
+                    bar.set_postfix(peak_rss=f"{peak_rss_bytes() / 2**30:.2f}G", refresh=False)
+                    bar.update(1)
+                if die_after is not None and int(die_after) == i:
+                    writer.wait()
+                    os.kill(os.getpid(), signal.SIGKILL)
+            writer.wait()
+        finally:
+            if bar is not None:
+                bar.close()
+            loader.shutdown(wait=True, cancel_futures=True)
+            writer.close()
+
+    def _prune_block(self, i: int, linears, stats):
+        skel = self.skel
+        matrices, entries, pruned_keys = {}, [], set()
+        for pl in linears:
+            key = skel.block_prefix[i] + pl.param_name
+            w = pl.weight_rows()
+            count = self.method.prune_(w, stats.get(pl.name), sparsity=self.sparsity, n=self.n, m=self.m, name=key)
+            zeros = w.numel() - int(torch.count_nonzero(w))
+            matrices[key] = {"shape": list(pl.module.weight.shape), "pruned": count,
+                             "sparsity": zeros / max(w.numel(), 1)}
+            matrices[key].update(self.method.matrix_notes.pop(key, {}))  # e.g. protected columns
+            stored = self.ckpt.info(key).dtype  # written back in the input's dtype
+            entries.append((key, pl.module.weight.data.to(device="cpu", dtype=stored)))
+            pruned_keys.add(key)
+        # everything else in the block (norms, biases, ...) is copied byte for byte
+        entries += [(k, RawTensor(self.ckpt, k)) for k in skel.block_keys[i] if k not in pruned_keys]
+        return entries, matrices
+
+    def finish(self, model_dir: Path, out_dir: Path, t_start: float) -> dict:
+        part, skel = self.part, self.skel
+        if self.finalized:
+            report = json.loads((part / REPORT_NAME).read_text())
+        else:
+            t_final = time.perf_counter()
+            layers = sorted(self.layers, key=lambda r: r["index"])
+            copied = copy_side_files(model_dir, part)
+            weight_map = {k: self.shard_name[0] for k in skel.other_keys}
+            for i, keys in enumerate(skel.block_keys):
+                weight_map.update({k: self.shard_name[i + 1] for k in keys})
+            write_index(part, weight_map, sum(i.nbytes for i in self.ckpt.tensors.values()))
+            params = sum(r["params"] for r in layers)
+            calib = self.calibration.describe() if self.method.needs_calibration else None
+            report = {
+                "format": 1,
+                "method": self.method.describe(),
+                "sparsity": self.sparsity if self.pattern is None else 1 - self.n / self.m,
+                "pattern": None if self.pattern is None else f"{self.n}:{self.m}",
+                "calibration": calib,
+                "model": {"source": str(model_dir), "architecture": type(skel.model).__name__,
+                          "model_type": skel.config.model_type, "blocks": skel.num_blocks,
+                          "blocks_path": skel.blocks_path, "dtype": str(skel.dtype).replace("torch.", ""),
+                          "tied_embeddings": skel.tied_embeddings, "unpruned_tensors": skel.other_keys,
+                          "input_bytes": self.ckpt.file_bytes},
+                "overall_sparsity": sum(r["sparsity"] * r["params"] for r in layers) / max(params, 1),
+                "prunable_params": params,
+                "layers": layers,
+                "device": str(self.device),
+                "batch_size": self.batch_size,
+                "resumed_from_block": getattr(self, "resumed_from", None),
+                "timings": {"capture_s": round(self.t_capture, 4),
+                            "blocks_s": round(sum(r["time_s"] for r in layers), 4),
+                            "finalize_s": round(time.perf_counter() - t_final, 4),
+                            "total_s": round(time.perf_counter() - t_start, 4)},
+                "peak_rss_bytes": peak_rss_bytes(),
+                "peak_cuda_bytes": (torch.cuda.max_memory_allocated(self.device)
+                                    if self.device.type == "cuda" else None),
+                "copied_files": copied,
+                "versions": versions(),
+            }
+            atomic_write_json(part / REPORT_NAME, report)
+            self.prog_path.unlink()
+            for f in [*part.glob("activations-*.pt"), *part.glob("*.tmp")]:  # incl. leftovers of a kill
+                f.unlink()
+            fsync_dir(part)
+        if out_dir.exists():
+            raise InputError(f"{out_dir} appeared while pruning; the result is left in {part}")
+        os.rename(part, out_dir)
+        fsync_dir(out_dir.parent)
+        return report

@@ -1,0 +1,216 @@
+"""The model skeleton: config.json -> a causal LM whose parameters live on the meta device.
+
+Only what runs before the first block is loaded (of the word embedding, only the rows the
+calibration tokens use); blocks are attached one at a time from the checkpoint and released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .checkpoint import Checkpoint
+from .families import PrunableLinear, find_blocks, max_positions, prunable_linears
+
+__all__ = ["ModelSkeleton"]
+
+
+@contextlib.contextmanager
+def _params_on_meta():
+    """Create every nn.Parameter on the meta device (no memory); buffers stay real, since
+    rotary frequencies and embedding scales are computed at init, not stored."""
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _set_tensor(root: nn.Module, name: str, value: torch.Tensor, *, param: bool) -> None:
+    path, _, attr = name.rpartition(".")
+    module = root.get_submodule(path) if path else root
+    if param:
+        module._parameters[attr] = nn.Parameter(value, requires_grad=False)
+    else:
+        module._buffers[attr] = value
+
+
+class _GatheredEmbedding(nn.Module):
+    """The model's own embedding module holding only the rows of `ids` (sorted, unique);
+    token ids are mapped to those rows on the way in, so scaled embeddings (Gemma) and
+    anything the model does with the original ids keep working."""
+
+    def __init__(self, inner: nn.Module, ids: torch.Tensor):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("ids", ids, persistent=False)
+
+    @property
+    def weight(self):
+        return self.inner.weight
+
+    def forward(self, input_ids):
+        return self.inner(torch.searchsorted(self.ids, input_ids))
+
+
+class ModelSkeleton:
+    """config.json -> a causal LM with meta parameters, plus the map from its parameters to
+    checkpoint tensors. Validates, before any work, that every tensor is there and has the
+    shape config.json implies."""
+
+    def __init__(self, ckpt: Checkpoint):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.ckpt = ckpt
+        try:
+            config = AutoConfig.from_pretrained(ckpt.dir)
+        except (ValueError, KeyError, OSError) as exc:
+            mt = ckpt.config_dict.get("model_type")
+            raise InputError(f"unknown architecture (model_type {mt!r}) in {ckpt.dir}/config.json: "
+                             f"{str(exc).splitlines()[0]}") from None
+        self.config = config
+        self.dtype = self._storage_dtype()
+        try:
+            with _params_on_meta():
+                model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+        except ValueError as exc:
+            raise InputError(f"unknown architecture {ckpt.config_dict.get('architectures')}: "
+                             f"{str(exc).splitlines()[0]}") from None
+        self.model = model.eval()
+        self.blocks_path, self.blocks = find_blocks(model)
+        self.num_blocks = len(self.blocks)
+        self.max_positions = max_positions(config)
+        self._names = self._checkpoint_names()
+        self._check_tensors()
+
+    def _storage_dtype(self) -> torch.dtype:
+        floats = [i.dtype for i in self.ckpt.tensors.values() if i.dtype.is_floating_point and len(i.shape) == 2]
+        if not floats:
+            raise InputError(f"{self.ckpt.dir} holds no floating-point matrices")
+        return max(set(floats), key=floats.count)
+
+    def _checkpoint_names(self) -> dict[str, str]:
+        """model parameter name -> checkpoint key. transformers 5 renames some keys on load
+        (GPT-NeoX's embed_out is lm_head in the module tree); reuse its own renaming rules."""
+        prefix = getattr(self.model, "base_model_prefix", "") or ""
+        meta = dict(self.model.state_dict())
+        try:
+            from transformers.conversion_mapping import get_model_conversion_mapping
+            from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+            transforms = get_model_conversion_mapping(self.model)
+            renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+            converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        except (ImportError, AttributeError, TypeError):  # older transformers: names are used as saved
+            rename_source_key = None
+        names = {}
+        for ckey in self.ckpt.tensors:
+            if rename_source_key is not None:
+                name, converter = rename_source_key(ckey, renamings, converters, prefix or None, meta)
+                if converter is not None:
+                    raise InputError(f"checkpoint tensor {ckey!r} needs a weight conversion ({converter}) on load, "
+                                     "which featprune does not support")
+            elif ckey in meta or not prefix:
+                name = ckey
+            else:
+                name = ckey[len(prefix) + 1:] if ckey.startswith(prefix + ".") else f"{prefix}.{ckey}"
+            names[name] = ckey
+        return names
+
+    def key(self, param_name: str) -> str | None:
+        """The checkpoint key holding a module parameter (or persistent buffer), or None."""
+        return self._names.get(param_name)
+
+    def _check_tensors(self) -> None:
+        model = self.model
+        out_emb = model.get_output_embeddings()
+        tie = bool(getattr(self.config.get_text_config(), "tie_word_embeddings", False))
+        out_name = f"{self.module_path(out_emb)}.weight" if out_emb is not None else None
+        self.tied_embeddings = tie and out_name is not None and self.key(out_name) is None
+        self.block_keys: list[list[str]] = []
+        self.block_prefix: list[str] = []
+        for name, p in model.named_parameters():
+            key = self.key(name)
+            if key is None:
+                if self.tied_embeddings and name == out_name:  # tied lm_head (Gemma 3): saved once, as the embedding
+                    continue
+                raise InputError(f"tensor {name!r} is missing from the checkpoint in {self.ckpt.dir}")
+            found = tuple(self.ckpt.info(key).shape)
+            if found != tuple(p.shape):
+                raise InputError(f"tensor {key!r} has shape {list(found)} in the checkpoint but config.json implies "
+                                 f"{list(p.shape)}: the weights do not match config.json")
+        for i, block in enumerate(self.blocks):
+            local, _ = next(iter(block.named_parameters()))
+            full = self.key(f"{self.blocks_path}.{i}.{local}")
+            prefix = full[: len(full) - len(local)]
+            self.block_prefix.append(prefix)
+            self.block_keys.append(sorted(k for k in self.ckpt.tensors if k.startswith(prefix)))
+        owned = {k for keys in self.block_keys for k in keys}
+        self.other_keys = sorted(k for k in self.ckpt.tensors if k not in owned)
+        self.embedding_key = self.key(f"{self.module_path(model.get_input_embeddings())}.weight")
+
+    def module_path(self, module: nn.Module) -> str:
+        for name, m in self.model.named_modules(remove_duplicate=False):
+            if m is module:
+                return name
+        raise KeyError(f"{type(module).__name__} is not part of the model")
+
+    def prunable(self, i: int) -> list[PrunableLinear]:
+        return prunable_linears(self.blocks[i])
+
+    # -- materialising parts of the model --
+    def load_pre_block(self, calibration_ids: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
+        """Load what runs before the first block; of the word embedding, only the rows in
+        `calibration_ids`. Output embeddings are never run, so never loaded."""
+        model = self.model
+        emb = model.get_input_embeddings()
+        out_emb = model.get_output_embeddings()
+        skip = {id(emb.weight)} | ({id(out_emb.weight)} if out_emb is not None else set())
+        block_ids = {id(p) for p in self.blocks.parameters()}
+        for name, p in model.named_parameters():
+            if id(p) in skip or id(p) in block_ids:
+                continue
+            t = self.ckpt.read(self.key(name))
+            _set_tensor(model, name, t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype),
+                        param=True)
+        ids = torch.unique(calibration_ids)
+        emb_path = self.module_path(emb)
+        rows = self.ckpt.read_rows(self.embedding_key, ids)
+        emb.weight = nn.Parameter(rows.to(device=device, dtype=dtype), requires_grad=False)
+        if isinstance(emb, nn.Embedding):
+            emb.padding_idx = None  # only matters for gradients, and may lie outside the gathered rows
+            emb.num_embeddings = rows.shape[0]
+        parent, _, attr = emb_path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, _GatheredEmbedding(emb, ids.to(device)))
+        for name, b in model.named_buffers():
+            if b.device != device and not name.startswith(f"{self.blocks_path}."):
+                _set_tensor(model, name, b.to(device), param=False)
+
+    def read_block(self, i: int, pin_memory: bool = False) -> dict[str, torch.Tensor]:
+        return {k: self.ckpt.read(k, pin_memory=pin_memory) for k in self.block_keys[i]}
+
+    def attach_block(self, i: int, tensors: dict[str, torch.Tensor], device, dtype) -> nn.Module:
+        block = self.blocks[i]
+        prefix = self.block_prefix[i]
+        for name, _ in list(block.named_parameters()):
+            t = tensors[prefix + name]
+            _set_tensor(block, name, t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype), param=True)
+        for name, b in list(block.named_buffers()):
+            t = tensors.get(prefix + name)
+            _set_tensor(block, name, (t if t is not None else b).to(device), param=False)
+        return block
+
+    def release_block(self, i: int) -> None:
+        block = self.blocks[i]
+        for name, p in list(block.named_parameters()):
+            _set_tensor(block, name, torch.empty(p.shape, dtype=p.dtype, device="meta"), param=True)

@@ -1,0 +1,147 @@
+"""A naive in-memory Wanda, written like the paper's code: the test oracle and bench baseline.
+
+It loads the whole model with from_pretrained, captures every layer's inputs with forward
+pre-hooks during real forward passes (per layer, so Gemma 2/3's sliding vs global layers
+get their own masks and rotary embeddings), then for each block: hooks on every nn.Linear /
+Conv1D keep Wanda's running mean of x^2 over non-padding tokens in fp32 (its add_batch),
+scaler = sqrt of it, reference.prune_mask per matrix, zero, rerun the block. It shares
+no code with the engine's statistics, capture or checkpoint paths, so agreement between
+the two is evidence for both.
+
+    PYTHONPATH=tests/helpers python -m naive MODEL_DIR --calib-texts F.jsonl --nsamples N --seqlen L \
+        --sparsity S [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+from torch import nn
+
+from featprune_ext import reference
+from featprune_ext.data.calibration_set import CalibrationSet, read_jsonl_texts
+from featprune_ext.engine import make_batches, pad_id_for, peak_rss_bytes
+from featprune_ext.engine.families import find_blocks, prunable_linears
+
+__all__ = ["naive_wanda"]
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def naive_wanda(model_dir, calibration: CalibrationSet, *, sparsity: float | None = None, pattern=None,
+                batch_size: int = 1, device: str = "cpu", out_dir=None, return_masks: bool = True):
+    """Prune in memory. Returns {checkpoint-style weight name: bool mask (True = zero) in the
+    stored orientation} when return_masks; saves the model to out_dir when given."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval()
+    path, layers = find_blocks(model)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    batches = make_batches(calibration, batch_size, pad_id_for(model.config, vocab))
+    n, m = pattern or (0, 0)
+
+    # 1. inputs of layer 0 and the keyword arguments of every layer, from real forward passes
+    inps, calls = [], [[] for _ in layers]
+
+    def pre_hook(idx):
+        def hook(module, args, kwargs):
+            calls[idx].append((args[1:], dict(kwargs), not args))
+            if idx == 0:
+                inps.append(args[0] if args else kwargs["hidden_states"])
+            if idx == len(layers) - 1:
+                raise _Stop
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    for b in batches:
+        try:
+            model(input_ids=b.ids.to(device), attention_mask=b.mask.long().to(device), use_cache=False)
+        except _Stop:
+            pass
+    for h in handles:
+        h.remove()
+
+    def run(layer, call, x):
+        args, kwargs, as_kw = call
+        kwargs = dict(kwargs)
+        if as_kw:
+            kwargs.pop("hidden_states", None)
+            out = layer(*args, hidden_states=x, **kwargs)
+        else:
+            out = layer(x, *args, **kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    masks = {}
+    for i, layer in enumerate(layers):
+        subset = prunable_linears(layer)
+        scaler = {pl.name: torch.zeros(pl.in_features, dtype=torch.float32, device=device) for pl in subset}
+        ntok = {pl.name: 0 for pl in subset}
+        current = {}
+
+        def add_batch(name):
+            def hook(module, args):  # Wanda's WrappedGPT.add_batch, minus the padding
+                x = args[0].reshape(-1, args[0].shape[-1])
+                keep = current["mask"].reshape(-1)
+                if not bool(keep.all()):
+                    x = x[keep]  # padding never enters the statistics
+                x = x.float()
+                tmp = x.shape[0]
+                scaler[name] *= ntok[name] / (ntok[name] + tmp)
+                ntok[name] += tmp
+                scaler[name] += torch.norm(x, p=2, dim=0) ** 2 / ntok[name]
+
+            return hook
+
+        handles = [pl.module.register_forward_pre_hook(add_batch(pl.name)) for pl in subset]
+        for call, x, b in zip(calls[i], inps, batches):
+            current["mask"] = b.mask.to(device)
+            run(layer, call, x)
+        for h in handles:
+            h.remove()
+        for pl in subset:
+            col_scale = scaler[pl.name].sqrt()  # sqrt(mean over tokens of x^2)
+            w = pl.weight_rows()
+            mask = reference.prune_mask(w, col_scale, sparsity=sparsity, n=n, m=m)
+            w[mask] = 0
+            if return_masks:
+                stored = mask.t() if pl.transposed else mask
+                masks[f"{path}.{i}.{pl.param_name}"] = stored.cpu().clone()
+        inps = [run(layer, call, x) for call, x in zip(calls[i], inps)]
+    if out_dir is not None:
+        model.save_pretrained(out_dir)
+    return masks if return_masks else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m featprune_ext.naive", description=__doc__.splitlines()[0])
+    p.add_argument("model_dir")
+    p.add_argument("--calib-texts", required=True)
+    p.add_argument("--nsamples", type=int, default=128)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    texts, buckets = read_jsonl_texts(args.calib_texts)
+    tok = AutoTokenizer.from_pretrained(args.model_dir)
+    calib = CalibrationSet.from_texts(texts, tok, args.nsamples, args.seqlen, args.seed, buckets=buckets)
+    naive_wanda(args.model_dir, calib, sparsity=args.sparsity, batch_size=args.batch_size, out_dir=args.out,
+                return_masks=False)
+    print(json.dumps({"wall_s": time.perf_counter() - t0, "peak_rss_bytes": peak_rss_bytes()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Feature-magnitude analysis: streamed (engine) vs whole-model vs a per-sample oracle, overlap
+matrices, and the CLI end to end on a tiny random model."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from featprune_ext.cli import main as cli_main
+from featprune_ext.study import analysis as A
+from featprune_ext.data.calibration import build_calibration
+from tiny_models import build_tiny_model
+
+PAIRS = [("Open the file.", "Ouvrir le fichier."), ("Save your changes.", "Enregistrez vos modifications."),
+         ("Close the window.", "Fermez la fenêtre."), ("The printer is out of paper.", "L'imprimante n'a plus de papier."),
+         ("Delete this item?", "Supprimer cet élément ?"), ("Connection refused.", "Connexion refusée."),
+         ("Select a folder.", "Sélectionnez un dossier."), ("Print the page.", "Imprimer la page."),
+         ("Restart the computer.", "Redémarrez l'ordinateur."), ("The disk is full.", "Le disque est plein.")]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analysis")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"en": e, "fr": f, "split": "calib"}, ensure_ascii=False) + "\n"
+                              for e, f in PAIRS), encoding="utf-8")
+    return {"root": root, "corpus": corpus, "gemma3": build_tiny_model("gemma3", root / "gemma3"),
+            "llama": build_tiny_model("llama", root / "llama", tokenizer_dir=root / "gemma3")}
+
+
+def _oracle(model_dir, calibration):
+    """One sample at a time (no padding), block outputs by forward hooks."""
+    from transformers import AutoModelForCausalLM
+
+    from featprune_ext.engine.families import find_blocks
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    _, blocks = find_blocks(model)
+    outs = {}
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: outs.__setitem__(i, o[0] if isinstance(o, tuple) else o))
+               for i, b in enumerate(blocks)]
+    k = len(calibration.bucket_names)
+    sums = np.zeros((len(blocks), k, model.config.hidden_size))
+    counts = np.zeros(k)
+    with torch.no_grad():
+        for ids, bucket in zip(calibration.samples, calibration.buckets):
+            model(input_ids=ids[None])
+            counts[bucket] += 1
+            for i in range(len(blocks)):
+                sums[i, bucket] += outs[i][0].double().pow(2).sum(0).sqrt().numpy()
+    for h in handles:
+        h.remove()
+    return sums / counts[None, :, None]
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_streamed_and_whole_match_per_sample_oracle(env, family):
+    from transformers import AutoTokenizer
+
+    model = env[family]
+    tok = AutoTokenizer.from_pretrained(model)
+    calib = build_calibration("mono:fr+mt:fr-en", tok, data=env["corpus"], nsamples=4, seqlen=64, shots=2, seed=0)
+    want = _oracle(model, calib)
+    # batch_size 2 pads the shorter sample: padding must not change anything
+    streamed = A.feature_magnitudes(model, calib, batch_size=2, stream=True, progress=False)
+    whole = A.feature_magnitudes(model, calib, batch_size=2, stream=False, progress=False)
+    assert streamed.shape == want.shape == (len(want), 2, want.shape[2])
+    np.testing.assert_allclose(streamed, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(whole, want, rtol=1e-4, atol=1e-5)
+
+
+def test_overlap_matrix_known_sets():
+    mags = np.array([[10, 9, 8, 1, 2, 3], [1, 2, 3, 10, 9, 8], [10, 9, 8, 1, 2, 3]], dtype=float)
+    tb = A.overlap_matrix(mags, 0.5, "top-bottom")
+    np.testing.assert_array_equal(tb, [[0, 1, 0], [1, 0, 1], [0, 1, 0]])
+    tt = A.overlap_matrix(mags, 0.5, "top-top")
+    np.testing.assert_array_equal(tt, [[1, 0, 1], [0, 1, 0], [1, 0, 1]])
+    with pytest.raises(ValueError, match="unknown overlap kind"):
+        A.overlap_matrix(mags, 0.5, "sideways")
+
+
+def test_default_spec_and_labels():
+    assert A.default_spec(["en", "fr", "zh"]) == "mono:en+mono:fr+mono:zh_CN+mt:fr-en+mt:zh_CN-en"
+    assert A.condition_label("mono:zh_CN") == "zh" and A.condition_label("mt:zh_CN-en") == "zh-en"
+    assert A.condition_label("mt:pt_BR-en") == "pt_BR-en" and A.condition_label("code") == "code"
+    with pytest.raises(A.AnalysisError, match="unknown language code 'qq'"):
+        A.default_spec(["qq"])
+
+
+def test_analyze_cli_end_to_end(env, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli_main(["analyze", str(env["gemma3"]), "--langs", "en,fr", "--data", str(env["corpus"]), "--out", str(out),
+                   "--nsamples", "2", "--shots", "2", "--seqlen", "64", "--ratio", "0.3,0.1",
+                   "--no-progress", "--threads", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| condition |" in printed and "fr-en" in printed
+    with open(out / "magnitudes.csv", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][:3] == ["condition", "layer", "dim0"] and len(rows[0]) == 2 + 32
+    assert len(rows) == 1 + 3 * 4  # 3 conditions (en, fr, fr-en) x 4 layers
+    summary = json.loads((out / "analysis.json").read_text())
+    assert summary["labels"] == ["en", "fr", "fr-en"] and summary["layers"] == 4
+    assert summary["calibration"]["buckets"]["mono:fr"]["samples"] == 2
+    for name in ("overlap_top-bottom_r30_mean.png", "overlap_top-top_r10_layers.png", "top_features/fr-en.png"):
+        assert (out / name).stat().st_size > 1000
+    with open(out / "overlap_r30.csv", encoding="utf-8") as fh:
+        ov = list(csv.DictReader(fh))
+    assert len(ov) == 2 * 4 * 3 * 3
+    same = [r for r in ov if r["kind"] == "top-bottom" and r["top_of"] == r["compared_with"]]
+    assert all(float(r["share"]) == 0.0 for r in same)  # a condition's top and bottom 30% never overlap
+
+
+def test_analyze_errors(env, tmp_path, capsys):
+    with pytest.raises(A.AnalysisError, match="either a calibration spec"):
+        A.analyze(env["gemma3"], tmp_path, spec="mono:fr", langs=["fr"], data=env["corpus"])
+    with pytest.raises(A.AnalysisError, match="not a model directory"):
+        A.analyze(tmp_path / "nothing", tmp_path, langs=["fr"], data=env["corpus"])
+    with pytest.raises(A.AnalysisError, match="ratio must be in"):
+        A.analyze(env["gemma3"], tmp_path, langs=["fr"], data=env["corpus"], ratios=[0.7])
+    assert cli_main(["analyze", str(env["gemma3"]), "--langs", "fr", "--data", str(tmp_path / "none"),
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "data path does not exist" in capsys.readouterr().err
