@@ -81,6 +81,11 @@ py::dict build_info() {
   return info;
 }
 
+// (runtime, driver) CUDA versions, e.g. (13000, 12040); see kernels.h.
+py::tuple cuda_versions() {
+  return py::make_tuple(featprune::cuda_runtime_version(), featprune::cuda_driver_version());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -95,4 +100,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("col_scale"), py::arg("protect"), py::arg("mask_out"), py::arg("mask_row_stride"),
         py::arg("mask_col_stride"), py::arg("k"), py::arg("n"), py::arg("m"), py::arg("stream"));
   m.def("build_info", &build_info);
+  m.def("cuda_versions", &cuda_versions,
+        "(runtime, driver) CUDA versions as 1000 * major + 10 * minor: the runtime this build links "
+        "(0 without CUDA kernels) and the installed driver (0 when none is found). Creates no CUDA context.");
 }

@@ -5,7 +5,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "dtype_access.h"
+#include "featprune/dtype_traits.h"
 #include "featprune/kernels.h"
 
 #ifdef FEATPRUNE_OPENMP
@@ -27,15 +27,15 @@ constexpr int64_t kTokenBlock = 64;
 constexpr int64_t kFeatureTile = 1024;  // 2 x 4 KiB of accumulators: stays in L1
 
 // The one inner loop: sum of squares and running max |x| over n features of a
-// token row with element stride `cs`.
+// token row with element stride `cs`. The max propagates NaN (the rule in
+// kernels.h); it vectorises like a plain max (compare, unordered-compare, blend).
 template <typename Tag>
 inline void accumulate_row(const typename Tag::storage* __restrict row, int64_t cs, float* __restrict sum,
                            float* __restrict amax, int64_t n) {
   for (int64_t f = 0; f < n; ++f) {
     const float v = Tag::load(row + f * cs);
     sum[f] += v * v;
-    const float av = std::fabs(v);
-    amax[f] = av > amax[f] ? av : amax[f];
+    amax[f] = nan_max(amax[f], std::fabs(v));
   }
 }
 
@@ -50,18 +50,18 @@ inline void accumulate_row(const typename Tag::storage* __restrict row, int64_t 
 #endif
 
 FEATPRUNE_MULTIVERSION
-void row_f32(const float* row, float* sum, float* amax, int64_t n) { accumulate_row<cpu::F32>(row, 1, sum, amax, n); }
+void row_f32(const float* row, float* sum, float* amax, int64_t n) { accumulate_row<F32>(row, 1, sum, amax, n); }
 
 FEATPRUNE_MULTIVERSION
 void row_bf16(const uint16_t* row, float* sum, float* amax, int64_t n) {
-  accumulate_row<cpu::BF16>(row, 1, sum, amax, n);
+  accumulate_row<BF16>(row, 1, sum, amax, n);
 }
 
 template <typename Tag>
 void accumulate_contiguous_row(const typename Tag::storage* row, float* sum, float* amax, int64_t n) {
-  if constexpr (std::is_same_v<Tag, cpu::F32>) {
+  if constexpr (std::is_same_v<Tag, F32>) {
     row_f32(row, sum, amax, n);
-  } else if constexpr (std::is_same_v<Tag, cpu::BF16>) {
+  } else if constexpr (std::is_same_v<Tag, BF16>) {
     row_bf16(row, sum, amax, n);
   } else {
     accumulate_row<Tag>(row, 1, sum, amax, n);
@@ -98,7 +98,7 @@ void accumulate_chunk(const AccumulateStatsArgs& a, int64_t f0, int64_t f1, cons
   }
   for (int64_t f = 0; f < width; ++f) {
     a.sumsq[f0 + f] = float(double(a.sumsq[f0 + f]) + total[f]);
-    if (a.absmax) a.absmax[f0 + f] = std::max(a.absmax[f0 + f], amax[f]);
+    if (a.absmax) a.absmax[f0 + f] = nan_max(a.absmax[f0 + f], amax[f]);
   }
 }
 
@@ -127,15 +127,18 @@ void accumulate_stats_cpu(const AccumulateStatsArgs& a) {
 #endif
   const int64_t chunk = std::max(kMinFeatureChunk, (a.x.cols + threads - 1) / threads);
   const int64_t n_chunks = (a.x.cols + chunk - 1) / chunk;
-  cpu::dispatch_dtype(a.x.dtype, [&](auto tag) {
-    using Tag = decltype(tag);
+  dispatch_dtype(
+      a.x.dtype,
+      [&](auto tag) {
+        using Tag = decltype(tag);
 #pragma omp parallel for schedule(static, 1)
-    for (int64_t c = 0; c < n_chunks; ++c) {
-      const int64_t f0 = c * chunk;
-      const int64_t f1 = std::min(a.x.cols, f0 + chunk);
-      accumulate_chunk<Tag>(a, f0, f1, counted);
-    }
-  });
+        for (int64_t c = 0; c < n_chunks; ++c) {
+          const int64_t f0 = c * chunk;
+          const int64_t f1 = std::min(a.x.cols, f0 + chunk);
+          accumulate_chunk<Tag>(a, f0, f1, counted);
+        }
+      },
+      "accumulate_stats");
 }
 
 }  // namespace featprune

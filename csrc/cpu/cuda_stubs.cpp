@@ -11,5 +11,7 @@ static const char* kNoCuda =
 void accumulate_stats_cuda(const AccumulateStatsArgs&, void*) { throw Error(kNoCuda); }
 void prune_rows_cuda(const PruneRowsArgs&, void*) { throw Error(kNoCuda); }
 bool cuda_compiled() { return false; }
+int cuda_runtime_version() { return 0; }
+int cuda_driver_version() { return 0; }
 
 }  // namespace featprune

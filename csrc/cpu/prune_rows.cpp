@@ -35,7 +35,8 @@
 #define FEATPRUNE_AVX2 __attribute__((target("avx2,f16c,popcnt")))
 #endif
 
-#include "dtype_access.h"
+#include "featprune/dtype_traits.h"
+#include "featprune/score.h"
 #include "featprune/kernels.h"
 
 namespace featprune {
@@ -220,8 +221,10 @@ void check_args(const PruneRowsArgs& a) {
 #ifdef FEATPRUNE_X86_SIMD
 namespace simd {
 
-constexpr size_t kPad = 8;            // compaction may write up to 8 keys past its count
+constexpr size_t kPad = 32;  // compress8 writes, and order_stats reads, up to 32 keys past the count
 constexpr int64_t kMinSampledCols = 512;  // narrower rows go straight to the radix select
+constexpr int64_t kSamples = 64;
+constexpr double kSpread = 2.0;  // bracket half-width in standard deviations of the sample rank
 
 // For each 8-bit lane mask, the indices of its set lanes packed from the low byte.
 struct CompressTable {
@@ -248,8 +251,10 @@ struct CallData {
 struct Scratch {
   std::vector<uint32_t> keys, a, b, sample, hist;
   std::vector<uint8_t> flags;
+  const char* prefetch = nullptr;  // the next row's weights, fetched during this row's selection
+  size_t prefetch_bytes = 0;
   explicit Scratch(int64_t cols, size_t samples)
-      : keys(size_t(cols) + kPad), a(size_t(cols) + kPad), b(size_t(cols) + kPad), sample(samples),
+      : keys(size_t(cols) + kPad), a(size_t(cols) + kPad), b(size_t(cols) + kPad), sample(samples + kPad),
         hist(4 * 256), flags(size_t(cols) + kPad) {}
 };
 
@@ -371,18 +376,29 @@ FEATPRUNE_AVX2 void n_m_row(const PruneRowsArgs& a, const CallData& cd, int64_t 
 }
 
 // ---- unstructured ----
+// Also prefetches the next row's weights, one line per 8 keys: the selection is compute-bound,
+// so the next row's key pass then overlaps its DRAM reads with this row's work.
 FEATPRUNE_AVX2 size_t bracket_pass(const uint32_t* keys, size_t n, uint32_t lo, uint32_t hi, uint32_t* dst,
-                                   int64_t* n_below) {
+                                   int64_t* n_below, const char* prefetch, size_t prefetch_bytes) {
   const __m256i lov = _mm256_set1_epi32(int32_t(lo)), hiv = _mm256_set1_epi32(int32_t(hi));
   size_t m = 0, i = 0;
-  int64_t below = 0;
+  __m256i ge_count = _mm256_setzero_si256();  // per lane, minus the keys >= lo
   for (; i + 8 <= n; i += 8) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i));
     const __m256i ge = _mm256_cmpeq_epi32(_mm256_max_epu32(x, lov), x);
     const __m256i le = _mm256_cmpeq_epi32(_mm256_min_epu32(x, hiv), x);
-    below += 8 - _mm_popcnt_u32(unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(ge))));
+    ge_count = _mm256_add_epi32(ge_count, ge);
     m = compress8(dst, m, x, _mm256_and_si256(ge, le));
+    if (prefetch_bytes) {
+      _mm_prefetch(prefetch, _MM_HINT_T0);
+      prefetch += 64;
+      prefetch_bytes = prefetch_bytes > 64 ? prefetch_bytes - 64 : 0;
+    }
   }
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), ge_count);
+  int64_t below = int64_t(i);
+  for (int l = 0; l < 8; ++l) below += lanes[l];  // lanes hold -(keys >= lo); i keys seen
   for (; i < n; ++i) {
     const uint32_t x = keys[i];
     below += x < lo;
@@ -393,21 +409,57 @@ FEATPRUNE_AVX2 size_t bracket_pass(const uint32_t* keys, size_t n, uint32_t lo, 
   return m;
 }
 
-FEATPRUNE_AVX2 size_t compact_digit(const uint32_t* src, size_t n, int shift, uint32_t digit_mask, uint32_t digit,
-                                    uint32_t* dst) {
+// Keeps the keys x with (x - lo) >> shift == digit (every key is >= lo).
+FEATPRUNE_AVX2 size_t compact_bucket(const uint32_t* src, size_t n, uint32_t lo, int shift, uint32_t digit,
+                                     uint32_t* dst) {
   const __m128i sh = _mm_cvtsi32_si128(shift);
-  const __m256i dm = _mm256_set1_epi32(int32_t(digit_mask)), dv = _mm256_set1_epi32(int32_t(digit));
+  const __m256i lov = _mm256_set1_epi32(int32_t(lo)), dv = _mm256_set1_epi32(int32_t(digit));
   size_t m = 0, i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
-    m = compress8(dst, m, x, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_srl_epi32(x, sh), dm), dv));
+    m = compress8(dst, m, x, _mm256_cmpeq_epi32(_mm256_srl_epi32(_mm256_sub_epi32(x, lov), sh), dv));
   }
   for (; i < n; ++i) {
     const uint32_t x = src[i];
     dst[m] = x;
-    m += ((x >> shift) & digit_mask) == digit;
+    m += ((x - lo) >> shift) == digit;
   }
   return m;
+}
+
+// The order statistics at 0-based positions p1 and p2 (p1, p2 < n) of x[0, n), branch-free
+// (std::nth_element mispredicts on random keys): each key's count of strictly smaller keys,
+// then the value at position p is the largest key whose count is <= p. O(n^2 / 8): for n <= 64.
+// x must be readable up to the next multiple of 8.
+FEATPRUNE_AVX2 void order_stats(const uint32_t* x, size_t n, size_t p1, size_t p2, uint32_t* v1, uint32_t* v2) {
+  const __m256i bias = _mm256_set1_epi32(int32_t(0x80000000u));
+  const __m256i q1 = _mm256_set1_epi32(int32_t(p1 + 1)), q2 = _mm256_set1_epi32(int32_t(p2 + 1));
+  const __m256i nv = _mm256_set1_epi32(int32_t(n));
+  __m256i m1 = _mm256_setzero_si256(), m2 = _mm256_setzero_si256();
+  for (size_t b = 0; b < n; b += 32) {  // 4 blocks of 8 at a time: independent chains
+    __m256i raw[4], xs[4], rank[4];
+    for (int q = 0; q < 4; ++q) {
+      raw[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + b + 8 * q));
+      xs[q] = _mm256_xor_si256(raw[q], bias);
+      rank[q] = _mm256_setzero_si256();
+    }
+    for (size_t j = 0; j < n; ++j) {
+      const __m256i xj = _mm256_set1_epi32(int32_t(x[j] ^ 0x80000000u));
+      for (int q = 0; q < 4; ++q) rank[q] = _mm256_sub_epi32(rank[q], _mm256_cmpgt_epi32(xs[q], xj));
+    }
+    for (int q = 0; q < 4; ++q) {
+      const __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                           _mm256_set1_epi32(int32_t(b + 8 * q)));
+      const __m256i valid = _mm256_cmpgt_epi32(nv, idx);
+      m1 = _mm256_max_epu32(m1, _mm256_and_si256(raw[q], _mm256_and_si256(valid, _mm256_cmpgt_epi32(q1, rank[q]))));
+      m2 = _mm256_max_epu32(m2, _mm256_and_si256(raw[q], _mm256_and_si256(valid, _mm256_cmpgt_epi32(q2, rank[q]))));
+    }
+  }
+  alignas(32) uint32_t t1[8], t2[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t1), m1);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t2), m2);
+  *v1 = *std::max_element(t1, t1 + 8);
+  *v2 = *std::max_element(t2, t2 + 8);
 }
 
 // The key of 0-based rank `rank` in the row (s.keys), how many keys are smaller, how many equal.
@@ -423,16 +475,12 @@ FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int
     uint32_t* smp = s.sample.data();
     for (size_t i = 0; i < ns; ++i) smp[i] = keys[cd.sample_pos[i]];
     const int64_t li = cd.sample_lo, hi_i = cd.sample_hi;
-    if (li >= 0) {
-      std::nth_element(smp, smp + li, smp + ns);
-      lo = smp[li];
-    }
-    if (hi_i < int64_t(ns)) {
-      std::nth_element(smp + (li + 1), smp + hi_i, smp + ns);
-      hi = smp[hi_i];
-    }
+    uint32_t slo, shi;
+    order_stats(smp, ns, size_t(std::max<int64_t>(li, 0)), size_t(std::min<int64_t>(hi_i, int64_t(ns) - 1)), &slo, &shi);
+    if (li >= 0) lo = slo;
+    if (hi_i < int64_t(ns)) hi = shi;
     int64_t below = 0;
-    const size_t m = bracket_pass(keys, size_t(cols), lo, hi, s.a.data(), &below);
+    const size_t m = bracket_pass(keys, size_t(cols), lo, hi, s.a.data(), &below, s.prefetch, s.prefetch_bytes);
     if (below <= rank && rank < below + int64_t(m)) {
       bracketed = true;
       before = below;
@@ -450,42 +498,42 @@ FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int
   }
   uint32_t* src = s.a.data();
   uint32_t* dst = s.b.data();
-  uint32_t (*hist)[256] = reinterpret_cast<uint32_t (*)[256]>(s.hist.data());
   // Every candidate lies in [lo, hi], so all share the bits above the highest bit where lo
   // and hi differ; each level histograms the next (up to) 8 bits below that.
+  // Every candidate lies in [lo, hi]: bucket x by (x - lo) >> shift into at most 256
+  // buckets of equal width; one level usually leaves a few keys.
   while (n > kFewCandidates) {
-    const uint32_t diff = lo ^ hi;
-    if (diff == 0) {  // every candidate equals lo
+    const uint32_t range = hi - lo;
+    if (range == 0) {  // every candidate equals lo
       *threshold = lo;
       *n_less = before;
       *n_equal = int64_t(n);
       return;
     }
-    const int hb = 32 - __builtin_clz(diff);
-    const int shift = hb > 8 ? hb - 8 : 0;
-    const uint32_t bins = 1u << (hb - shift), digit_mask = bins - 1;
-    std::memset(hist, 0, 4 * 256 * sizeof(uint32_t));
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-      for (int l = 0; l < 4; ++l) ++hist[l][(src[i + l] >> shift) & digit_mask];
-    for (; i < n; ++i) ++hist[0][(src[i] >> shift) & digit_mask];
+    const int width = 32 - __builtin_clz(range);
+    const int shift = width > 8 ? width - 8 : 0;
+    const uint32_t bins = (range >> shift) + 1;
+    // One histogram: the candidates spread over many buckets, so repeated buckets (a
+    // store-to-load chain) are rare.
+    uint32_t* h = s.hist.data();
+    std::memset(h, 0, bins * sizeof(uint32_t));
+    for (size_t i = 0; i < n; ++i) ++h[(src[i] - lo) >> shift];
     uint32_t digit = 0;
     int64_t below = 0;
     for (; digit < bins; ++digit) {
-      const int64_t c = int64_t(hist[0][digit]) + hist[1][digit] + hist[2][digit] + hist[3][digit];
-      if (below + c > r) break;
-      below += c;
+      if (below + h[digit] > r) break;
+      below += h[digit];
     }
     before += below;
     r -= below;
-    n = compact_digit(src, n, shift, digit_mask, digit, dst);
+    n = compact_bucket(src, n, lo, shift, digit, dst);
     std::swap(src, dst);
-    const uint32_t high = hb == 32 ? 0u : (lo & ~((1u << hb) - 1u));
-    lo = high | (digit << shift);
-    hi = lo | ((1u << shift) - 1u);
+    const uint32_t new_lo = lo + (digit << shift);
+    hi = uint32_t(std::min<uint64_t>(hi, uint64_t(new_lo) + ((1u << shift) - 1u)));
+    lo = new_lo;
   }
-  std::nth_element(src, src + r, src + n);
-  const uint32_t v = src[r];
+  uint32_t v, unused;
+  order_stats(src, n, size_t(r), size_t(r), &v, &unused);
   int64_t less = 0, equal = 0;
   for (size_t j = 0; j < n; ++j) {
     less += src[j] < v;
@@ -520,6 +568,9 @@ FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd,
 
   uint32_t v;
   int64_t n_less, n_equal;
+  const bool next = contiguous && row + 1 < a.weight.rows;
+  s.prefetch = next ? row_ptr(a, row + 1, elem) : nullptr;
+  s.prefetch_bytes = next ? size_t(cols) * elem : 0;
   select_row(s, cd, cols, k - 1, &v, &n_less, &n_equal);
   // Pruned: keys < v, and keys == v in columns < cut (the first k - n_less of them).
   int64_t ties_left = k - n_less, cut = cols;
@@ -529,18 +580,27 @@ FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd,
       if (keys[c] == v && --ties_left == 0) cut = c + 1;
   }
   const __m256i vv = _mm256_set1_epi32(int32_t(v));
-  const __m256i cutv = _mm256_set1_epi32(int32_t(cut)), step = _mm256_set1_epi32(8);
-  __m256i col = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   j = 0;
-  for (; j + 8 <= cols; j += 8) {
-    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + j));
-    const __m256i le = _mm256_cmpeq_epi32(_mm256_min_epu32(x, vv), x);
-    const __m256i eq = _mm256_cmpeq_epi32(x, vv);
-    const __m256i tie_ok = _mm256_cmpgt_epi32(cutv, col);
-    const __m256i prune = _mm256_andnot_si256(_mm256_andnot_si256(tie_ok, eq), le);  // le & !(eq & !tie_ok)
-    if (contiguous) blend_store8<D>(w, j, prune);
-    if (flags) store_flags8(flags + j, prune);
-    col = _mm256_add_epi32(col, step);
+  if (cut == cols) {  // every key == v goes: the common case
+    for (; j + 8 <= cols; j += 8) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + j));
+      const __m256i prune = _mm256_cmpeq_epi32(_mm256_min_epu32(x, vv), x);
+      if (contiguous) blend_store8<D>(w, j, prune);
+      if (flags) store_flags8(flags + j, prune);
+    }
+  } else {
+    const __m256i cutv = _mm256_set1_epi32(int32_t(cut)), step = _mm256_set1_epi32(8);
+    __m256i col = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; j + 8 <= cols; j += 8) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + j));
+      const __m256i le = _mm256_cmpeq_epi32(_mm256_min_epu32(x, vv), x);
+      const __m256i eq = _mm256_cmpeq_epi32(x, vv);
+      const __m256i tie_ok = _mm256_cmpgt_epi32(cutv, col);
+      const __m256i prune = _mm256_andnot_si256(_mm256_andnot_si256(tie_ok, eq), le);  // le & !(eq & !tie_ok)
+      if (contiguous) blend_store8<D>(w, j, prune);
+      if (flags) store_flags8(flags + j, prune);
+      col = _mm256_add_epi32(col, step);
+    }
   }
   for (; j < cols; ++j) {
     const bool p = (keys[j] < v) | ((keys[j] == v) & (j < cut));
@@ -572,7 +632,7 @@ CallData make_call_data(const PruneRowsArgs& a) {
   if (a.m == 0 && a.k > 0 && cols >= kMinSampledCols) {
     // Sample size ~ cols / 16 (at most 256); the bracket spans the target rank +- 3 standard
     // deviations of its sample estimate, so it misses rarely, and holds ~1/8-1/4 of the row.
-    const int64_t ns = std::min<int64_t>(256, cols / 16);
+    const int64_t ns = kSamples;
     uint64_t state = 0x9E3779B97F4A7C15ull;
     cd.sample_pos.resize(size_t(ns));
     for (int64_t i = 0; i < ns; ++i) {
@@ -584,7 +644,7 @@ CallData make_call_data(const PruneRowsArgs& a) {
       cd.sample_pos[size_t(i)] = int64_t((z >> 32) * uint64_t(cols) >> 32);
     }
     const double p = (double(a.k) - 0.5) / double(cols);
-    const double center = p * double(ns), spread = 3.0 * std::sqrt(double(ns) * p * (1.0 - p)) + 2.0;
+    const double center = p * double(ns), spread = kSpread * std::sqrt(double(ns) * p * (1.0 - p)) + 1.0;
     cd.sample_lo = int64_t(std::floor(center - spread));
     cd.sample_hi = int64_t(std::ceil(center + spread));
     if (cd.sample_lo < 0) cd.sample_lo = -1;
@@ -638,7 +698,7 @@ void prune_rows_cpu(const PruneRowsArgs& a) {
     }
   }
 #endif
-  cpu::dispatch_dtype(a.weight.dtype, [&](auto tag) {
+  dispatch_dtype(a.weight.dtype, [&](auto tag) {
     using Tag = decltype(tag);
 #pragma omp parallel
     {

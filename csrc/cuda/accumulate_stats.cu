@@ -17,9 +17,6 @@
 #include "common.cuh"
 
 namespace featprune {
-
-bool cuda_compiled() { return true; }
-
 namespace cuda {
 namespace {
 
@@ -43,9 +40,6 @@ struct StatsParams {
   float* part_absmax = nullptr;  // [splits, feats] when splits > 1 and absmax
   unsigned long long* count = nullptr;
 };
-
-// max that propagates NaN (like torch.maximum); a is the running value.
-__device__ __forceinline__ float nan_max(float a, float b) { return (b > a || b != b) ? b : a; }
 
 template <class D, bool kDirect>
 __global__ void __launch_bounds__(kFeatPerBlock* kTokenLanes) stats_kernel(StatsParams p) {
@@ -217,7 +211,7 @@ void accumulate_stats_cuda(const AccumulateStatsArgs& a, void* stream_ptr) {
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
 
   if (p.feats > 0)
-    dispatch_dtype(x.dtype, "accumulate_stats", [&](auto tag) { launch_stats<decltype(tag)>(p, stream); });
+    dispatch_dtype(x.dtype, [&](auto tag) { launch_stats<decltype(tag)>(p, stream); }, "accumulate_stats");
   launch_count(p, stream);
 }
 

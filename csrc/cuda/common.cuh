@@ -1,10 +1,12 @@
-// Helpers shared by the CUDA kernels: dtype traits, error checks, a dtype
-// dispatch, launch wrapper and small block-wide scans.
+// Helpers shared by the CUDA kernels: error checks, the launch wrapper, 16-byte
+// vector unpacking and small block-wide scans. The dtype traits (F32, F16, BF16)
+// and dispatch_dtype are featprune/dtype_traits.h, shared with the CPU code.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
+#include "featprune/dtype_traits.h"
 #include "featprune/kernels.h"
 #include "featprune/score.h"
 #include "featprune/tensor.h"
@@ -14,7 +16,6 @@
 // kernels on a machine without a GPU. Never defined in the real build.
 #include FEATPRUNE_CUDA_SIM
 #else
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -42,45 +43,12 @@ template <class Params>
 void launch_kernel(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem,
                    cudaStream_t stream, const Params& params, const char* name) {
 #if defined(FEATPRUNE_CUDA_SIM)
-  sim_launch(kernel, grid, block, smem, params);
+  (void)stream;  // the emulation runs everything synchronously
+  sim_launch(kernel, grid, block, smem, params, name);
 #else
   kernel<<<grid, block, smem, stream>>>(params);
 #endif
   check_launch(name);
-}
-
-// ---- dtype traits ---------------------------------------------------------
-// `storage` is what sits in memory; to_float is exact for every dtype.
-// kVec = elements per 16-byte vector load.
-struct F32 {
-  using storage = float;
-  static constexpr int kVec = 4;
-  static __device__ __forceinline__ float to_float(float v) { return v; }
-};
-
-struct F16 {
-  using storage = uint16_t;
-  static constexpr int kVec = 8;
-  static __device__ __forceinline__ float to_float(uint16_t b) {
-    return __half2float(__ushort_as_half(b));
-  }
-};
-
-struct BF16 {
-  using storage = uint16_t;
-  static constexpr int kVec = 8;
-  static __device__ __forceinline__ float to_float(uint16_t b) { return bf16_bits_to_float(b); }
-};
-
-// Calls fn(F32{}) / fn(F16{}) / fn(BF16{}) according to the runtime dtype.
-template <class Fn>
-void dispatch_dtype(DType dtype, const char* what, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat32: fn(F32{}); return;
-    case DType::kFloat16: fn(F16{}); return;
-    case DType::kBFloat16: fn(BF16{}); return;
-  }
-  throw Error(std::string("featprune: ") + what + ": unsupported dtype");
 }
 
 // Unpacks one 16-byte vector of D::kVec elements into floats.

@@ -406,12 +406,15 @@ void prune_rows_cuda(const PruneRowsArgs& a, void* stream_ptr) {
     if (p.mask != nullptr) launch_zero_mask(p, stream);
     return;
   }
-  dispatch_dtype(w.dtype, "prune_rows", [&](auto tag) {
-    using D = decltype(tag);
-    if (a.m > 0) launch_nm<D>(p, stream);
-    else if (p.cols > 8192) launch_unstructured<D, 512>(p, stream);
-    else launch_unstructured<D, 256>(p, stream);
-  });
+  dispatch_dtype(
+      w.dtype,
+      [&](auto tag) {
+        using D = decltype(tag);
+        if (a.m > 0) launch_nm<D>(p, stream);
+        else if (p.cols > 8192) launch_unstructured<D, 512>(p, stream);
+        else launch_unstructured<D, 256>(p, stream);
+      },
+      "prune_rows");
 }
 
 }  // namespace featprune

@@ -71,7 +71,8 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
           calib_texts: Optional[PathLike] = None, data: Optional[PathLike] = None, contrast: Optional[str] = None,
           nsamples: int = 128, seqlen: Optional[int] = None, shots: int = 4, seed: int = 0,
           protect_top: float = 0.0, protect_absmax: Optional[float] = None, device: str = "cpu",
-          batch_size: int = 1, resume: bool = False, progress: bool = True, dist=None) -> dict:
+          batch_size: int = 1, dtype: Optional[str] = None, resume: bool = False, progress: bool = True,
+          dist=None) -> dict:
     """Prune every linear of every transformer block of a local Hugging Face model, one block at a time.
 
     model_dir: folder with config.json, *.safetensors and the tokenizer; never modified.
@@ -89,6 +90,8 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
     protect_top: percent of input features (by RMS) never pruned in matrices reading the hidden state.
     protect_absmax: never prune input features whose max |x| reaches this value (LLM.int8() used 6.0).
     device: "cpu" or "cuda"; batch_size: calibration samples per forward pass.
+    dtype: dtype of the forward passes, "float32", "bfloat16" or "float16" (default: the checkpoint's
+        storage dtype); statistics are accumulated in fp32/fp64 and weights written in their stored dtype.
     resume: continue an interrupted run from `OUT.partial/`; progress: show a progress bar on stderr.
     dist: a DistContext for data-parallel calibration under torchrun (engine.distributed).
 
@@ -100,7 +103,10 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
     from .engine import prune_model, validate_pattern
     from .engine.checkpoint import Checkpoint
 
+    from .engine.run import parse_dtype
+
     sparsity, pattern = validate_pattern(sparsity, pattern)
+    parse_dtype(dtype)  # a bad name fails before any work
     if str(device).split(":")[0] not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
     pruner = build_method(method, calib=calib, contrast=contrast, protect_top=protect_top,
@@ -115,4 +121,4 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
                                    data=data, nsamples=nsamples, seqlen=seqlen, shots=shots, seed=seed)
     return prune_model(model_dir, out_dir, calibration=calibration, method=pruner, sparsity=sparsity,
                        pattern=pattern, device=device, batch_size=batch_size, resume=resume, progress=progress,
-                       dist=dist)
+                       dist=dist, dtype=dtype)

@@ -13,6 +13,7 @@ import torch
 from featprune_ext import cli
 
 from featprune_ext.engine import checkpoint
+from featprune_ext.files import disk_full
 
 from featprune_ext.engine import families
 
@@ -183,12 +184,12 @@ def _fill_disk_after(monkeypatch, shards_ok: int):
     def write(path, tensors, metadata=None):
         calls["n"] += 1
         if calls["n"] > shards_ok:
-            raise checkpoint._disk_full(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+            raise disk_full(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         return real(path, tensors, metadata)
 
-    from featprune_ext import engine
+    from featprune_ext.engine import run as engine_run
 
-    monkeypatch.setattr(engine, "write_safetensors", write)
+    monkeypatch.setattr(engine_run, "write_safetensors", write)
 
 
 def test_disk_full_at_start(tiny_model, calib_jsonl, tmp_path, capsys, monkeypatch):

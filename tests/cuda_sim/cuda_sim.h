@@ -22,10 +22,13 @@
 //    must not have exited; lanes split between a warp operation and
 //    __syncthreads are a deadlock. Any of these fails the launch
 //    (cudaGetLastError returns cudaErrorLaunchFailure with the details).
-//  * Within a barrier phase the fibers run one after another, in thread order,
-//    reverse order or a seeded shuffle (configure(): schedule). A kernel that
-//    reads another thread's shared-memory write without a barrier in between
-//    then gives results that depend on the schedule, which tests can detect.
+//  * Scheduling is adversarial: between two __syncthreads each warp runs as far
+//    as it can (its warp operations complete as soon as its lanes arrive)
+//    before the next warp starts, so warps drift apart as far as the barriers
+//    allow. Warps and lanes go in thread order, reverse order or a seeded
+//    shuffle (configure(): schedule). A kernel that reads another warp's
+//    shared-memory write without a barrier in between gives results that
+//    depend on the schedule, which tests detect.
 //  * Warp shuffles and ballots exchange values through per-warp slots between
 //    two warp barriers. Atomics are __atomic builtins (blocks run concurrently
 //    on the workers).
@@ -216,6 +219,23 @@ struct cudaFuncAttributes {
   int preferredShmemCarveout;
 };
 
+inline const char* cudaGetErrorNameSim(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInitializationError: return "cudaErrorInitializationError";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+  }
+  return "cudaErrorUnknown";
+}
+
 namespace featprune_sim {
 
 constexpr size_t kDefaultDynamicSmem = 48 * 1024;
@@ -256,12 +276,14 @@ struct Runtime {
   }
 };
 
-inline thread_local cudaError_t tls_last_error = cudaSuccess;
+inline thread_local cudaError_t tls_last_error = cudaSuccess;  // what cudaGetLastError returns
+inline thread_local cudaError_t tls_text_error = cudaSuccess;  // the code tls_error_text explains
 inline thread_local std::string tls_error_text;
 
 inline cudaError_t fail(cudaError_t err, const std::string& text) {
   tls_last_error = err;
-  tls_error_text = "[cuda_sim] " + text;
+  tls_text_error = err;
+  tls_error_text = std::string(cudaGetErrorNameSim(err)) + ": [cuda_sim] " + text;
   return err;
 }
 
@@ -314,19 +336,32 @@ class BlockRunner {
       f.ctx.uc_link = &sched_;
       makecontext(&f.ctx, &BlockRunner::fiber_main, 0);
     }
-    std::vector<int> order(size_t(n));
-    for (int phase = 0;; ++phase) {
-      make_order(order, b, phase);
-      for (int i : order) {
-        Fiber& f = fibers_[size_t(i)];
-        if (f.wait != Wait::kNone) continue;
-        current_ = i;
-        threadIdx = f.tid;
-        tls_runner() = this;
-        swapcontext(&sched_, &f.ctx);
-        if (!error_.empty()) return where(i) + error_;
+    const int warps = (n + 31) / 32;
+    std::vector<int> warp_order(static_cast<size_t>(warps)), lane_order(32);
+    uint64_t rounds = 0;
+    for (;;) {
+      // Each warp runs as far as it can (its warp operations release as soon as
+      // its lanes arrive) before the next warp starts: maximal skew between warps.
+      shuffle(warp_order, b, rounds++);
+      for (int w : warp_order) {
+        for (;;) {
+          shuffle(lane_order, b, rounds++);
+          for (int lane : lane_order) {
+            const int i = w * 32 + lane;
+            if (i >= n || fibers_[size_t(i)].wait != Wait::kNone) continue;
+            current_ = i;
+            threadIdx = fibers_[size_t(i)].tid;
+            tls_runner() = this;
+            swapcontext(&sched_, &fibers_[size_t(i)].ctx);
+            if (!error_.empty()) return where(i) + error_;
+          }
+          bool released = false;
+          const std::string status = release_warp(w, n, &released);
+          if (!status.empty()) return "block " + block_name() + ": " + status;
+          if (!released) break;
+        }
       }
-      const std::string status = release(n);
+      const std::string status = release_block(n);
       if (status == "done") return "";
       if (!status.empty()) return "block " + block_name() + ": " + status;
     }
@@ -403,11 +438,12 @@ class BlockRunner {
     }
   }
 
-  void make_order(std::vector<int>& order, uint64_t b, int phase) {
+  // Fills `order` with 0..size-1 in the configured schedule's order.
+  void shuffle(std::vector<int>& order, uint64_t b, uint64_t round) {
     const int n = int(order.size());
     for (int i = 0; i < n; ++i) order[size_t(i)] = cfg_.schedule == 1 ? n - 1 - i : i;
     if (cfg_.schedule == 2) {
-      uint64_t s = cfg_.seed * 0x9E3779B97F4A7C15ull + b * 0xBF58476D1CE4E5B9ull + uint64_t(phase) + 1;
+      uint64_t s = cfg_.seed * 0x9E3779B97F4A7C15ull + b * 0xBF58476D1CE4E5B9ull + round + 1;
       for (int i = n - 1; i > 0; --i) {
         s ^= s << 13;
         s ^= s >> 7;
@@ -428,56 +464,48 @@ class BlockRunner {
   }
   static std::string site(const Fiber& f) { return std::string(f.file) + ":" + std::to_string(f.line); }
 
-  // Every fiber is waiting or done: release one barrier, or report why none can go.
-  std::string release(int n) {
-    int done = 0, at_block = 0, at_warp = 0;
-    for (const Fiber& f : fibers_) {
-      done += f.wait == Wait::kDone;
-      at_block += f.wait == Wait::kBlock;
-      at_warp += f.wait == Wait::kWarp;
+  // Every lane of warp w waits or is done: releases the lanes waiting at a warp
+  // operation when every lane its mask names has arrived (*released), or reports
+  // misuse. Named lanes still at __syncthreads: not released (yet).
+  std::string release_warp(int w, int n, bool* released) {
+    const int w0 = w * 32, w1 = std::min(n, w0 + 32);
+    const std::string warp = "warp " + std::to_string(w) + ": ";
+    const Fiber* first = nullptr;
+    unsigned waiting = 0, alive = 0;
+    for (int i = w0; i < w1; ++i) {
+      const Fiber& f = fibers_[size_t(i)];
+      if (f.wait == Wait::kDone) continue;
+      alive |= 1u << (i - w0);
+      if (f.wait != Wait::kWarp) continue;
+      waiting |= 1u << (i - w0);
+      if (first == nullptr) {
+        first = &f;
+      } else if (f.mask != first->mask || f.line != first->line || std::strcmp(f.file, first->file) != 0) {
+        return warp + "lanes disagree on the warp operation (" + site(*first) + " mask " +
+               std::to_string(first->mask) + " vs " + site(f) + " mask " + std::to_string(f.mask) + ")";
+      }
     }
-    if (done == n) return "done";
-    bool released = false;
-    for (int w0 = 0; w0 < n; w0 += 32) {  // warp operations first
-      const int w1 = std::min(n, w0 + 32);
-      const Fiber* first = nullptr;
-      bool ready = true;
-      unsigned waiting = 0, alive = 0;
-      for (int i = w0; i < w1; ++i) {
-        const Fiber& f = fibers_[size_t(i)];
-        if (f.wait == Wait::kDone) continue;
-        alive |= 1u << (i - w0);
-        if (f.wait != Wait::kWarp) { ready = false; continue; }
-        waiting |= 1u << (i - w0);
-        if (first == nullptr) first = &f;
-      }
-      if (first == nullptr) continue;
-      if (!ready) {
-        if (at_warp == 0) continue;
-        return "warp " + std::to_string(w0 / 32) + ": some lanes wait at a warp operation (" + site(*first) +
-               ") while other live lanes wait at __syncthreads: deadlock on a GPU";
-      }
-      const unsigned lanes = (w1 - w0 == 32) ? 0xFFFFFFFFu : ((1u << (w1 - w0)) - 1u);
-      for (int i = w0; i < w1; ++i) {
-        const Fiber& f = fibers_[size_t(i)];
-        if (f.wait != Wait::kWarp) continue;
-        if (f.mask != first->mask || f.line != first->line || std::strcmp(f.file, first->file) != 0)
-          return "warp " + std::to_string(w0 / 32) + ": lanes disagree on the warp operation (" + site(*first) +
-                 " mask " + std::to_string(first->mask) + " vs " + site(f) + " mask " + std::to_string(f.mask) + ")";
-      }
-      if ((first->mask & lanes & ~alive) != 0)
-        return "warp " + std::to_string(w0 / 32) + ": mask names exited lanes at " + site(*first);
-      if ((first->mask & lanes) != waiting)
-        return "warp " + std::to_string(w0 / 32) + ": mask does not match the lanes that arrived at " + site(*first);
-      for (int i = w0; i < w1; ++i)
-        if (fibers_[size_t(i)].wait == Wait::kWarp) fibers_[size_t(i)].wait = Wait::kNone;
-      released = true;
-    }
-    if (released) return "";
-    if (at_warp != 0) return "deadlock in warp operations";
-    // Only __syncthreads waiters and exited threads remain.
+    if (first == nullptr) return "";
+    const unsigned lanes = (w1 - w0 == 32) ? 0xFFFFFFFFu : ((1u << (w1 - w0)) - 1u);
+    const unsigned named = first->mask & lanes;
+    if ((waiting & ~named) != 0) return warp + "a lane calls " + site(*first) + " with a mask that omits it";
+    if ((named & ~alive) != 0) return warp + "the mask at " + site(*first) + " names lanes that have exited";
+    if (named != waiting) return "";
+    for (int i = w0; i < w1; ++i)
+      if (fibers_[size_t(i)].wait == Wait::kWarp) fibers_[size_t(i)].wait = Wait::kNone;
+    *released = true;
+    return "";
+  }
+
+  // No fiber can run and no warp operation can complete: releases the
+  // __syncthreads every live thread waits at ("done" when all have exited).
+  std::string release_block(int n) {
+    int done = 0;
     const Fiber* first = nullptr;
     for (const Fiber& f : fibers_) {
+      done += f.wait == Wait::kDone;
+      if (f.wait == Wait::kWarp)
+        return "deadlock: lanes named by the warp operation at " + site(f) + " wait at __syncthreads instead";
       if (f.wait != Wait::kBlock) continue;
       if (first == nullptr) {
         first = &f;
@@ -485,9 +513,9 @@ class BlockRunner {
         return "threads wait at different __syncthreads (" + site(*first) + " and " + site(f) + ")";
       }
     }
+    if (done == n) return "done";
     for (Fiber& f : fibers_)
       if (f.wait == Wait::kBlock) f.wait = Wait::kNone;
-    (void)at_block;
     return "";
   }
 
@@ -526,8 +554,6 @@ inline std::string run_grid(dim3 grid, dim3 block, size_t smem, void (*entry)(co
   std::string error;
   auto work = [&] {
     BlockRunner r(cfg);
-    // The built-in variables are per OS thread: save the caller's (a launch
-    // made from inside a kernel is not supported anyway).
     for (;;) {
       if (stop.load()) break;
       const uint64_t b = next.fetch_add(1);
@@ -670,26 +696,11 @@ T atomicMin(T* p, T v) {
 
 // ---- runtime API -----------------------------------------------------------------
 
-inline const char* cudaGetErrorName(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInitializationError: return "cudaErrorInitializationError";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
-    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
-    case cudaErrorNoDevice: return "cudaErrorNoDevice";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-  }
-  return "cudaErrorUnknown";
-}
+inline const char* cudaGetErrorName(cudaError_t e) { return cudaGetErrorNameSim(e); }
 
 // The detailed text of this thread's last emulation error when `e` is its code.
 inline const char* cudaGetErrorString(cudaError_t e) {
-  if (e != cudaSuccess && e == featprune_sim::tls_last_error && !featprune_sim::tls_error_text.empty())
+  if (e != cudaSuccess && e == featprune_sim::tls_text_error && !featprune_sim::tls_error_text.empty())
     return featprune_sim::tls_error_text.c_str();
   return cudaGetErrorName(e);
 }

@@ -72,8 +72,8 @@ def build_tokenizer(out_dir: Path, vocab_size: int = VOCAB):
 
 
 def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0, max_shard_size: str | None = None,
-                     tokenizer_dir: Path | None = None) -> Path:
-    """Write a random tiny `family` model + tokenizer to out_dir (fp32 safetensors)."""
+                     tokenizer_dir: Path | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write a random tiny `family` model + tokenizer to out_dir (safetensors in `dtype`, fp32 by default)."""
     import transformers
     from transformers import AutoModelForCausalLM
 
@@ -88,6 +88,7 @@ def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0, max_shard_siz
                 p.normal_(0, 0.2)
             elif "norm" in name or "ln" in name:
                 p.uniform_(0.5, 1.5) if family != "gemma3" else p.uniform_(-0.5, 0.5)
+    model = model.to(dtype)
     out_dir = Path(out_dir)
     save = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out_dir, **save)
@@ -103,3 +104,13 @@ def write_calibration_jsonl(path: Path, texts=TEXTS) -> Path:
     path = Path(path)
     path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
     return path
+
+
+def edit_tensor(model_dir: Path, key: str, fn) -> None:
+    """Replace tensor `key` of a single-file model directory by fn(tensor) (a test's damage)."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(model_dir) / "model.safetensors"
+    tensors = load_file(path)
+    tensors[key] = fn(tensors[key].clone())
+    save_file(tensors, path, metadata={"format": "pt"})

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from featprune_ext.cli import main as cli_main
-from featprune_ext.study import analysis as A
 from featprune_ext.data.calibration import build_calibration
+from featprune_ext.study import analysis as A
 from tiny_models import build_tiny_model
 
 PAIRS = [("Open the file.", "Ouvrir le fichier."), ("Save your changes.", "Enregistrez vos modifications."),

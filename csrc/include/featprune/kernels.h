@@ -14,6 +14,12 @@ namespace featprune {
 //   sumsq[f]  += float(x[t, f])^2        (fp32 accumulation)
 //   absmax[f]  = max(absmax[f], |x[t, f]|)   (when absmax != nullptr)
 //   *count    += number of counted tokens
+// NaN rule (CPU, CUDA and reference.py alike): NaN propagates. If any counted
+// x[t, f] is NaN, sumsq[f] and absmax[f] become NaN, and a NaN already in
+// either accumulator stays NaN; the max is nan_max() of dtype_traits.h, i.e.
+// torch.maximum, never std::max/fmaxf (which drop NaN). So a caller detects a
+// NaN activation from the statistics alone. Tokens that are not counted
+// (padding) are never read into either value, NaN or not.
 // Deterministic: the same input gives bit-identical output on the same device
 // (fixed reduction order, no float atomics).
 struct AccumulateStatsArgs {
@@ -54,5 +60,12 @@ void prune_rows_cuda(const PruneRowsArgs& args, void* stream);
 
 // True when the CUDA kernels were compiled into this build.
 bool cuda_compiled();
+
+// CUDA versions encoded like CUDART_VERSION (1000 * major + 10 * minor): the
+// runtime this build was compiled against and links statically, and the newest
+// CUDA version the installed driver supports (0 when no driver is found). Both
+// are 0 in a build without CUDA. Neither creates a CUDA context.
+int cuda_runtime_version();
+int cuda_driver_version();
 
 }  // namespace featprune

@@ -45,13 +45,13 @@ def _device(requested: str | None) -> str:
 
 
 def run(args) -> int:
-    from ..files import atomic_write_json
-    from ..study.runner import evaluate
     from ..data import zoo
     from ..data.calibration import build_calibration
-    from ..engine import prune_model
     from ..data.gettext import build_gettext_corpus, is_gettext_corpus
+    from ..engine import prune_model
+    from ..files import atomic_write_json
     from ..methods import Wanda, parse_spec_components
+    from ..study.runner import evaluate
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,9 @@ def add_parser(subparsers, parents) -> None:
     p.add_argument("--method", default="wanda", choices=method_names(), help="default: wanda")
     p.add_argument("--seed", type=int, default=0, help="sample selection and random-mask seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="dtype of the forward passes (default: the checkpoint's storage dtype); statistics are "
+                        "accumulated in fp32/fp64 and weights are written back in their stored dtype")
     p.add_argument("--batch-size", type=positive_int, default=1, help="calibration samples per forward (default 1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial")
     p.add_argument("--distributed", action="store_true",
@@ -78,7 +81,7 @@ def run(args) -> int:
                        calib=args.calib, calib_texts=args.calib_texts, data=args.data, contrast=args.contrast,
                        nsamples=args.nsamples, seqlen=args.seqlen, shots=args.shots, seed=args.seed,
                        protect_top=args.protect_top, protect_absmax=args.protect_absmax, device=args.device,
-                       batch_size=args.batch_size, resume=args.resume,
+                       batch_size=args.batch_size, dtype=args.dtype, resume=args.resume,
                        progress=not (args.no_progress or args.quiet), dist=dist)
     finally:
         dist.shutdown()

@@ -15,6 +15,7 @@ record. Output goes to OUT.partial/ and is renamed to OUT at the very end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,39 +29,58 @@ import torch
 
 from .._version import versions
 from ..data.calibration_set import CalibrationSet
-from ..errors import InputError
+from ..errors import BlockError, InputError, NonFiniteError
 from ..files import atomic_save_torch, atomic_write_json, fsync_dir
 from ..methods import PruneMethod
 from .batches import make_batches, pad_id_for, validate_pattern
 from .capture import capture_block_calls
 from .checkpoint import Checkpoint, RawTensor, write_index, write_safetensors
 from .distributed import DistContext
+from .lock import RunLock
 from .report import numel, peak_rss_bytes
 from .resume import (PROGRESS_NAME, REPORT_NAME, BackgroundWriter, copy_side_files, partial_dir,
                      run_fingerprint)
 from .skeleton import ModelSkeleton
 from .stats import collect_stats
 
-__all__ = ["prune_model"]
+__all__ = ["COMPUTE_DTYPES", "parse_dtype", "prune_model"]
 
-_DIE_ENV = "FEATPRUNE_TEST_DIE_AFTER_BLOCK"  # tests: SIGKILL ourselves once block i is on disk
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Fault injection for tests: SIGKILL ourselves once block i is on disk (FEATPRUNE_TEST_DIE_AFTER_BLOCK=i),
+# or at a phase of block i (FEATPRUNE_TEST_DIE_AT=read:i | stats:i | write:i | rename:0), with
+# FEATPRUNE_TEST_SIGNAL=INT to send SIGINT (Ctrl-C) instead of SIGKILL.
+_DIE_ENV = "FEATPRUNE_TEST_DIE_AFTER_BLOCK"
+_DIE_AT_ENV = "FEATPRUNE_TEST_DIE_AT"
+
+
+def _die_if_asked(phase: str, i: int) -> None:
+    if os.environ.get(_DIE_AT_ENV) == f"{phase}:{i}":
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("FEATPRUNE_TEST_SIGNAL", "KILL")))
+        time.sleep(5)  # a catchable signal is handled in the main thread: wait for it here
 
 
 @torch.no_grad()
 def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, method: PruneMethod,
                 sparsity: float | None = None, pattern=None, device="cpu", batch_size: int = 1,
-                resume: bool = False, progress: bool = True, dist: DistContext | None = None) -> dict:
+                resume: bool = False, progress: bool = True, dist: DistContext | None = None,
+                dtype: torch.dtype | str | None = None) -> dict:
     """Prune every linear of every block of the model in `model_dir`; write it to `out_dir`.
 
     pattern: (n, m) or "n:m" for N:M sparsity instead of `sparsity`. Returns the report also
     written to out_dir/featprune.json. Raises InputError for bad input (nothing complete-looking
-    is left behind), DiskFullError when the disk fills up (rerun with resume=True).
+    is left behind), DiskFullError when the disk fills up (rerun with resume=True), BlockError
+    when a block fails at run time (e.g. out of memory; the finished blocks are kept for resume).
     dist: data-parallel calibration under torchrun (see distributed.py); every rank calls this,
     rank 0 alone writes, and the other ranks return {"rank": r} once the output is complete.
+    dtype: dtype of the forward passes (default: the checkpoint's storage dtype). Statistics are
+    accumulated in fp32/fp64 whatever it is; weights are pruned and written in their stored dtype.
+    One run per output: an advisory lock on OUT.lock is held throughout (lock.py).
     """
     dist = dist or DistContext()
     t_start = time.perf_counter()
     sparsity, pattern = validate_pattern(sparsity, pattern)
+    compute_dtype = parse_dtype(dtype)
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"device must be cpu or cuda, got {device}")
@@ -68,40 +88,68 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
         raise InputError("device cuda was asked for, but torch sees no CUDA device")
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     part = partial_dir(out_dir)
-    if out_dir.exists():
-        raise InputError(f"{out_dir} already exists; refusing to overwrite it (choose another --out or delete it)")
     if out_dir == model_dir or model_dir in out_dir.parents:
         raise InputError(f"the output {out_dir} must not be inside the input model directory {model_dir}")
-    if part.exists() and not resume:
-        raise InputError(f"an unfinished run is in {part}: rerun with --resume to continue it, or delete it")
+    if dist.is_writer:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # rank 0 alone writes, so rank 0 alone locks (flock on a shared filesystem is not to be trusted)
+    with RunLock(out_dir) if dist.is_writer else contextlib.nullcontext():
+        if out_dir.exists():
+            raise InputError(f"{out_dir} already exists; refusing to overwrite it (choose another --out or delete it)")
+        if part.exists() and not resume:
+            raise InputError(f"an unfinished run is in {part}: rerun with --resume to continue it, or delete it")
+        ckpt = Checkpoint(model_dir)
+        try:
+            return _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device,
+                                 batch_size, progress, dist, compute_dtype, t_start)
+        finally:
+            ckpt.close()
 
-    ckpt = Checkpoint(model_dir)
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """None, a torch dtype or its name ("bfloat16", "float16", "float32") -> a floating torch dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        found = dtype
+    else:
+        found = COMPUTE_DTYPES.get(str(dtype).replace("torch.", ""))
+    if found is not None and found not in COMPUTE_DTYPES.values():
+        found = None
+    if dtype is not None and found is None:
+        raise InputError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
+    return found
+
+
+def _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device, batch_size,
+                  progress, dist, compute_dtype, t_start) -> dict:
+    skel = ModelSkeleton(ckpt, compute_dtype)
+    run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress, dist)
+    fresh = dist.broadcast_object(not part.exists())  # every rank checked before rank 0 creates it
     try:
-        skel = ModelSkeleton(ckpt)
-        run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress, dist)
-        fresh = dist.broadcast_object(not part.exists())  # every rank checked before rank 0 creates it
         if fresh:
             if dist.is_writer:
                 part.mkdir(parents=True)
                 run.save_progress(0, None)
             dist.barrier()
-            try:
-                run.execute()
-            except BaseException:
-                if dist.is_writer and not run.layers:  # nothing worth resuming: leave no directory behind
-                    shutil.rmtree(part, ignore_errors=True)
-                raise
+            run.execute()
         else:
             run.load_progress()
             run.execute()
-        if not dist.is_writer:
-            dist.barrier()  # returns once rank 0 has renamed the finished output into place
-            return {"rank": dist.rank, "world_size": dist.world_size, "out": str(out_dir)}
-        report = run.finish(model_dir, out_dir, t_start)
-        dist.barrier()
-        return report
-    finally:
-        ckpt.close()
+    except NonFiniteError as exc:
+        # The same input fails the same way on every rerun: keep nothing that invites --resume.
+        if dist.is_writer and part.exists():
+            shutil.rmtree(part, ignore_errors=True)
+            exc.args = (f"{exc.args[0]}; removed {part.name}/ (resuming could only fail again)",)
+        raise
+    except BaseException:
+        if dist.is_writer and fresh and not run.layers:  # nothing worth resuming: leave no directory behind
+            shutil.rmtree(part, ignore_errors=True)
+        raise
+    if not dist.is_writer:
+        dist.barrier()  # returns once rank 0 has renamed the finished output into place
+        return {"rank": dist.rank, "world_size": dist.world_size, "out": str(out_dir)}
+    report = run.finish(model_dir, out_dir, t_start)
+    dist.barrier()
+    return report
 
 
 class _Run:
@@ -126,6 +174,8 @@ class _Run:
                     raise InputError(f"{skel.block_prefix[i]}{pl.param_name} has {pl.in_features} input features, "
                                      f"not a multiple of M={self.m}: the {self.n}:{self.m} pattern cannot apply")
         self.fingerprint = run_fingerprint(skel, calibration, method, sparsity, pattern, batch_size, device)
+        if skel.dtype != skel.storage_dtype:  # the compute dtype changes the statistics, so the masks
+            self.fingerprint += f"-{str(skel.dtype).replace('torch.', '')}"
         if dist.enabled:  # a resumed run must split the batches the same way
             self.fingerprint += f"-world{dist.world_size}"
         self.prog_path = part / PROGRESS_NAME
@@ -164,6 +214,7 @@ class _Run:
 
     def _write_block(self, i: int, entries, next_hidden, layer_report) -> None:
         write_safetensors(self.part / self.shard_name[i + 1], entries)
+        _die_if_asked("write", i)
         new_act = None
         if next_hidden is not None:
             new_act = self._act_name(i + 1)
@@ -202,6 +253,7 @@ class _Run:
 
     def _load(self, i: int):
         cuda = self.device.type == "cuda"
+        _die_if_asked("read", i)
         tensors = self.skel.read_block(i, pin_memory=cuda)
         if not cuda:
             return tensors, None
@@ -237,37 +289,14 @@ class _Run:
                 nxt = loader.submit(self._load, self.start_block)
             for i in range(self.start_block, skel.num_blocks):
                 t_block = time.perf_counter()
-                tensors, event = nxt.result()
-                if i + 1 < skel.num_blocks:
-                    nxt = loader.submit(self._load, i + 1)  # prefetch while this block computes
-                if event is not None:
-                    stream = torch.cuda.current_stream(device)
-                    stream.wait_event(event)
-                    for t in tensors.values():  # allocated on the copy stream, used and freed on this one
-                        t.record_stream(stream)
-                block = skel.attach_block(i, tensors, device, skel.dtype)
-                del tensors
-                linears = skel.prunable(i)
-                stats = {}
-                if method.needs_calibration:
-                    stats = collect_stats(block, linears, calls[i], hidden, batches,
-                                           self.calibration.bucket_names, device)
-                    self.dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
-                                          [st.absmax for st in stats.values()])
-                entries, matrices = self._prune_block(i, linears, stats)
-                next_hidden = None
-                if method.needs_calibration and i + 1 < skel.num_blocks:
-                    hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1
-                    next_hidden = [h.to("cpu") for h in hidden] if device.type == "cuda" else hidden
-                skel.release_block(i)
-                del block
-                params = sum(numel(v["shape"]) for v in matrices.values())
-                zeros = sum(v["sparsity"] * numel(v["shape"]) for v in matrices.values())
-                report = {"index": i, "time_s": round(time.perf_counter() - t_block, 4),
-                          "sparsity": zeros / max(params, 1), "params": params, "matrices": matrices,
-                          "peak_rss_bytes": peak_rss_bytes()}
-                if device.type == "cuda":
-                    report["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
+                try:
+                    tensors, event = nxt.result()
+                    if i + 1 < skel.num_blocks:
+                        nxt = loader.submit(self._load, i + 1)  # prefetch while this block computes
+                    hidden, next_hidden, entries, report = self._block(i, tensors, event, batches, calls, hidden)
+                except RuntimeError as exc:
+                    raise self._block_error(i, exc) from exc
+                report["time_s"] = round(time.perf_counter() - t_block, 4)
                 if self.dist.enabled:
                     # every rank's activations are on disk before rank 0 records the block as done
                     if not self.dist.is_writer and next_hidden is not None:
@@ -288,19 +317,87 @@ class _Run:
             loader.shutdown(wait=True, cancel_futures=True)
             writer.close()
 
-    def _prune_block(self, i: int, linears, stats):
+    def _block(self, i: int, tensors, event, batches, calls, hidden):
+        """Statistics, pruning and the pruned pass of block i: (its outputs, what to save of them,
+        the shard entries, the layer report)."""
+        skel, method, device = self.skel, self.method, self.device
+        if event is not None:
+            stream = torch.cuda.current_stream(device)
+            stream.wait_event(event)
+            for t in tensors.values():  # allocated on the copy stream, used and freed on this one
+                t.record_stream(stream)
+        linears = skel.prunable(i)
+        # Forward passes in another dtype than the stored one: prune the stored-precision weights
+        # (so kept weights are written back bit for bit) and refresh the module's copy afterwards.
+        keys = {skel.block_prefix[i] + pl.param_name for pl in linears}
+        originals = {k: t for k, t in tensors.items() if k in keys and t.dtype != skel.dtype}
+        block = skel.attach_block(i, tensors, device, skel.dtype)
+        del tensors
+        stats = {}
+        if method.needs_calibration:
+            stats = collect_stats(block, linears, calls[i], hidden, batches, self.calibration.bucket_names, device)
+            self.dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
+                                  [st.absmax for st in stats.values()])
+            self._check_activations(i, linears, stats)
+        _die_if_asked("stats", i)
+        entries, matrices = self._prune_block(i, linears, stats, originals)
+        del originals
+        next_hidden = None
+        if method.needs_calibration and i + 1 < skel.num_blocks:
+            hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1
+            next_hidden = [h.to("cpu") for h in hidden] if device.type == "cuda" else hidden
+        skel.release_block(i)
+        del block
+        params = sum(numel(v["shape"]) for v in matrices.values())
+        zeros = sum(v["sparsity"] * numel(v["shape"]) for v in matrices.values())
+        report = {"index": i, "time_s": 0.0, "sparsity": zeros / max(params, 1), "params": params,
+                  "matrices": matrices, "peak_rss_bytes": peak_rss_bytes()}
+        if device.type == "cuda":
+            report["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
+        return hidden, next_hidden, entries, report
+
+    def _check_activations(self, i: int, linears, stats) -> None:
+        """NaN or inf in a linear's inputs: name the block and the linear, and the likely cause."""
+        for pl in linears:
+            st = stats[pl.name]
+            if bool(torch.isfinite(st.sumsq).all()) and bool(torch.isfinite(st.absmax).all()):
+                continue
+            hint = ""
+            if self.skel.dtype in (torch.float16, torch.bfloat16):
+                name = str(self.skel.dtype).replace("torch.", "")
+                hint = f"; the forward passes run in {name}, which can overflow: rerun with --dtype float32"
+            raise NonFiniteError(f"non-finite activations (NaN or inf) reach the input of "
+                                 f"{self.skel.block_prefix[i]}{pl.name} (block {i}) on the calibration data{hint}")
+
+    def _block_error(self, i: int, exc: RuntimeError) -> BaseException:
+        """A run-time failure inside block i as one line that says where and what to change."""
+        if isinstance(exc, (InputError, BlockError)):
+            return exc
+        where = f"block {i} ({self.skel.block_prefix[i].rstrip('.')})"
+        done = (f"blocks 0-{i - 1} are saved in {self.part.name}/: rerun with --resume to continue"
+                if i > 0 else "no block was finished")
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            return BlockError(f"out of memory on {self.device} at {where}: lower --batch-size (now {self.batch_size})"
+                              f", --seqlen or --nsamples, or free memory on the device; {done}")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return BlockError(f"{where} failed on {self.device}: {type(exc).__name__}: {first}; {done}")
+
+    def _prune_block(self, i: int, linears, stats, originals):
         skel = self.skel
         matrices, entries, pruned_keys = {}, [], set()
         for pl in linears:
             key = skel.block_prefix[i] + pl.param_name
-            w = pl.weight_rows()
+            stored_w = originals.get(key, pl.module.weight.data)
+            w = stored_w.t() if pl.transposed else stored_w
             count = self.method.prune_(w, stats.get(pl.name), sparsity=self.sparsity, n=self.n, m=self.m, name=key)
+            if key in originals:
+                pl.module.weight.data.copy_(stored_w)
             zeros = w.numel() - int(torch.count_nonzero(w))
             matrices[key] = {"shape": list(pl.module.weight.shape), "pruned": count,
                              "sparsity": zeros / max(w.numel(), 1)}
             matrices[key].update(self.method.matrix_notes.pop(key, {}))  # e.g. protected columns
             stored = self.ckpt.info(key).dtype  # written back in the input's dtype
-            entries.append((key, pl.module.weight.data.to(device="cpu", dtype=stored)))
+            entries.append((key, stored_w.to(device="cpu", dtype=stored)))
             pruned_keys.add(key)
         # everything else in the block (norms, biases, ...) is copied byte for byte
         entries += [(k, RawTensor(self.ckpt, k)) for k in skel.block_keys[i] if k not in pruned_keys]
@@ -354,6 +451,7 @@ class _Run:
             fsync_dir(part)
         if out_dir.exists():
             raise InputError(f"{out_dir} appeared while pruning; the result is left in {part}")
+        _die_if_asked("rename", 0)
         os.rename(part, out_dir)
         fsync_dir(out_dir.parent)
         return report

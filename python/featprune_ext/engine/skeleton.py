@@ -11,11 +11,28 @@ import contextlib
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 from .checkpoint import Checkpoint
 from .families import PrunableLinear, find_blocks, max_positions, prunable_linears
 
-__all__ = ["ModelSkeleton"]
+__all__ = ["ModelSkeleton", "check_finite"]
+
+_CHECK_CHUNK = 1 << 22  # elements per isfinite pass: bounded temporary memory, cache-friendly
+
+
+def check_finite(key: str, t: torch.Tensor) -> None:
+    """NonFiniteError if a floating-point tensor read from the checkpoint holds NaN or inf.
+    Runs on the reader thread right after the read, so it hides behind the previous block's compute."""
+    if not t.is_floating_point():
+        return
+    flat = t.reshape(-1)
+    for start in range(0, flat.numel(), _CHECK_CHUNK):
+        part = flat[start:start + _CHECK_CHUNK]
+        if not bool(torch.isfinite(part).all()):
+            bad = int((~torch.isfinite(flat)).sum())
+            kind = "NaN" if bool(torch.isnan(flat).any()) else "inf"
+            raise NonFiniteError(f"checkpoint tensor {key!r} holds {bad} non-finite value(s) ({kind} among them): "
+                                 "the input model is corrupt (or was saved from a diverged run) and cannot be pruned")
 
 
 @contextlib.contextmanager
@@ -68,7 +85,8 @@ class ModelSkeleton:
     checkpoint tensors. Validates, before any work, that every tensor is there and has the
     shape config.json implies."""
 
-    def __init__(self, ckpt: Checkpoint):
+    def __init__(self, ckpt: Checkpoint, compute_dtype: torch.dtype | None = None):
+        """compute_dtype: the dtype of the forward passes (default: the checkpoint's storage dtype)."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.ckpt = ckpt
@@ -79,7 +97,8 @@ class ModelSkeleton:
             raise InputError(f"unknown architecture (model_type {mt!r}) in {ckpt.dir}/config.json: "
                              f"{str(exc).splitlines()[0]}") from None
         self.config = config
-        self.dtype = self._storage_dtype()
+        self.storage_dtype = self._storage_dtype()
+        self.dtype = compute_dtype or self.storage_dtype
         try:
             with _params_on_meta():
                 model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
@@ -181,11 +200,13 @@ class ModelSkeleton:
             if id(p) in skip or id(p) in block_ids:
                 continue
             t = self.ckpt.read(self.key(name))
+            check_finite(self.key(name), t)
             _set_tensor(model, name, t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype),
                         param=True)
         ids = torch.unique(calibration_ids)
         emb_path = self.module_path(emb)
         rows = self.ckpt.read_rows(self.embedding_key, ids)
+        check_finite(self.embedding_key, rows)
         emb.weight = nn.Parameter(rows.to(device=device, dtype=dtype), requires_grad=False)
         if isinstance(emb, nn.Embedding):
             emb.padding_idx = None  # only matters for gradients, and may lie outside the gathered rows
@@ -197,7 +218,11 @@ class ModelSkeleton:
                 _set_tensor(model, name, b.to(device), param=False)
 
     def read_block(self, i: int, pin_memory: bool = False) -> dict[str, torch.Tensor]:
-        return {k: self.ckpt.read(k, pin_memory=pin_memory) for k in self.block_keys[i]}
+        """Block i's tensors as stored; NonFiniteError names the first tensor holding NaN or inf."""
+        tensors = {k: self.ckpt.read(k, pin_memory=pin_memory) for k in self.block_keys[i]}
+        for k, t in tensors.items():
+            check_finite(k, t)
+        return tensors
 
     def attach_block(self, i: int, tensors: dict[str, torch.Tensor], device, dtype) -> nn.Module:
         block = self.blocks[i]

@@ -25,7 +25,11 @@ import numpy as np
 import torch
 
 from .._version import versions
+from ..data.calibration import build_calibration, parse_spec
 from ..data.languages import resolve
+from ..engine import ModelSkeleton, capture_block_calls, make_batches, pad_id_for
+from ..engine.checkpoint import Checkpoint
+from ..engine.families import find_blocks
 from ..errors import InputError
 from ..files import atomic_write_json
 from . import metrics
@@ -81,9 +85,6 @@ def _streamed(model_dir: Path, calibration, device: torch.device, batch_size: in
     """Block outputs via the engine's skeleton: one block's weights in memory at a time."""
     from tqdm.auto import tqdm
 
-    from ..engine import ModelSkeleton, capture_block_calls, make_batches, pad_id_for
-    from ..engine.checkpoint import Checkpoint
-
     ckpt = Checkpoint(model_dir)
     try:
         skel = ModelSkeleton(ckpt)
@@ -110,9 +111,6 @@ def _whole(model_dir: Path, calibration, device: torch.device, batch_size: int, 
     """Block outputs from the whole model in memory, captured with forward hooks."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
-
-    from ..engine import make_batches, pad_id_for
-    from ..engine.families import find_blocks
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     _, blocks = find_blocks(model)
@@ -200,8 +198,6 @@ def analyze(model_dir, out_dir, *, spec: Optional[str] = None, langs: Optional[S
     each. nsamples: samples per condition (the paper used 100).
     """
     from transformers import AutoTokenizer
-
-    from ..data.calibration import build_calibration, parse_spec
 
     t0 = time.perf_counter()
     if (spec is None) == (langs is None):

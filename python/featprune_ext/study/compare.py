@@ -130,8 +130,9 @@ def compare_table(task: str, results: list[dict], names: list[str], tests: list[
         rows.append(row)
     n = {lang: results[0]["languages"][lang]["n"] for lang in langs if lang in results[0]["languages"]}
     tested = " (tested on nats per token, i.e. log perplexity)" if key == "ppl" else ""
+    per_lang = ", ".join(f"{lang} {c}" for lang, c in n.items())
     return (markdown_table(head, rows) + f"\n{direction} {key} is better; [95% bootstrap CI]; p: paired bootstrap vs "
-            f"{names[0]} on common items{tested}; items per language: " + ", ".join(f"{lang} {c}" for lang, c in n.items()))
+            f"{names[0]} on common items{tested}; items per language: " + per_lang)
 
 
 def compare_summary(task: str, results: list[dict], names: list[str], tests: list[Optional[dict]]) -> dict:

@@ -38,20 +38,9 @@ from .._version import versions
 from ..data import corpora
 from ..data.languages import Language, resolve
 from ..tables import markdown_table
-from . import metrics
+from . import metrics, tasks
 from .scorer import Scorer
-from .tasks import (
-    CHOICE_TASKS,
-    TASKS,
-    EvalError,
-    check_data,
-    marc_items,
-    ppl_items,
-    translate_items,
-    translation_choice_items,
-    translation_choice_pairs,
-    xnli_items,
-)
+from .tasks import CHOICE_TASKS, TASKS, EvalError
 
 __all__ = ["FORMAT", "evaluate", "format_table", "load_results"]
 
@@ -119,7 +108,7 @@ def _evaluate_language(scorer: Scorer, task: str, lang: Language, data, *, limit
                        max_new_tokens, n_boot, pool=None) -> dict:
     code = lang.locale
     if task == "ppl":
-        items = ppl_items(data, lang, limit, seed)
+        items = tasks.ppl_items(data, lang, limit, seed)
         if not items:
             raise EvalError(f"ppl: no {lang.name} evaluation text in {data}")
         res = scorer.loglikelihood([("", it["text"]) for it in items], desc=f"ppl {code}")
@@ -134,7 +123,7 @@ def _evaluate_language(scorer: Scorer, task: str, lang: Language, data, *, limit
             it.pop("text")  # the id identifies the sentence; the texts are in --data
         return {**summary, "items": items}
     if task == "translate":
-        items, demos = translate_items(data, lang, limit, seed, shots)
+        items, demos = tasks.translate_items(data, lang, limit, seed, shots)
         if not items:
             raise EvalError(f"translate: no evaluation-split {code}-en pairs in {data}")
         eos = scorer.tok.eos_token or "\n"
@@ -153,11 +142,11 @@ def _evaluate_language(scorer: Scorer, task: str, lang: Language, data, *, limit
         summary["demonstrations"] = [{"src": s, "ref": t} for s, t in demos]
         return {**summary, "items": items}
     if task == "translation-choice":
-        items = translation_choice_items(data, lang, limit, seed, pool=pool)
+        items = tasks.translation_choice_items(data, lang, limit, seed, pool=pool)
     elif task == "xnli":
-        items = xnli_items(data, lang, limit, seed, template)
+        items = tasks.xnli_items(data, lang, limit, seed, template)
     elif task == "marc":
-        items = marc_items(data, lang, limit, seed)
+        items = tasks.marc_items(data, lang, limit, seed)
     else:
         raise EvalError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if not items:
@@ -237,7 +226,7 @@ def evaluate(model_dir, task: str, langs: Sequence[str], data=None, *, limit: Op
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise EvalError(f"model directory does not exist: {model_dir}")
-    check_data(data, task)  # before the (slow) model load
+    tasks.check_data(data, task)  # before the (slow) model load
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     if scorer is None:
@@ -247,7 +236,7 @@ def evaluate(model_dir, task: str, langs: Sequence[str], data=None, *, limit: Op
     if parallel:
         if task != "translation-choice":
             raise EvalError(f"parallel applies to translation-choice (xnli items are parallel by line), not {task}")
-        pool = set.intersection(*(set(translation_choice_pairs(data, lang)) for lang in languages))
+        pool = set.intersection(*(set(tasks.translation_choice_pairs(data, lang)) for lang in languages))
     per_lang: dict[str, dict] = {}
     timings = {"load_s": round(scorer.load_s, 3)}
     for lang in languages:

@@ -63,7 +63,8 @@ class Scorer:
         self.head_chunk = head_chunk
         self.body = self.model.base_model
         self.head = self.model.get_output_embeddings()
-        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        cfg = self.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
         self.vocab = self.head.weight.shape[0]
         probe = self.tok("a")["input_ids"]

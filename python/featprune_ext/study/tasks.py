@@ -140,7 +140,8 @@ def translate_items(data, lang: Language, limit, seed, shots: int) -> tuple[list
     if shots > 0:
         pool = _wrap_corpus_error(corpora.load_parallel, data, lang, "en", split="calib")
         if len(pool) < shots:
-            raise EvalError(f"translate: {len(pool)} calibration-split {lang.locale}-en pairs for demonstrations, need {shots}")
+            raise EvalError(f"translate: {len(pool)} calibration-split {lang.locale}-en pairs for demonstrations, "
+                            f"need {shots}")
         demos = sorted(pool, key=lambda p: _key("demo", seed, p[1]))[:shots]
     return items, demos
 
@@ -185,7 +186,8 @@ def xnli_items(data, lang: Language, limit, seed, template: str = "paper") -> li
     else:
         code = lang.iso1 or lang.locale
         if code not in XNLI_WORDS:
-            raise EvalError(f"xnli: no lm-eval-harness template words for {lang.name}; have: {', '.join(sorted(XNLI_WORDS))} "
+            raise EvalError(f"xnli: no lm-eval-harness template words for {lang.name}; have: "
+                            f"{', '.join(sorted(XNLI_WORDS))} "
                             "(or use --template paper)")
         q, *words = XNLI_WORDS[code]
         qword, sep = f"{q}?", ", "
@@ -208,7 +210,8 @@ def marc_items(data, lang: Language, limit, seed) -> list[dict]:
     for index, (lineno, row) in enumerate(_read_jsonl(path)):
         body, stars = row.get("review_body"), row.get("stars")
         if not isinstance(body, str) or stars not in (1, 2, 3, 4, 5):
-            raise EvalError(f"{path}:{lineno}: expected a string review_body and stars 1-5 (amazon_reviews_multi layout)")
+            raise EvalError(f"{path}:{lineno}: expected a string review_body and stars 1-5 "
+                            "(amazon_reviews_multi layout)")
         if stars == 3:
             continue  # neither negative nor positive: dropped, as in the paper's binary MARC
         text = " ".join(body.split()[:MARC_WORDS])
