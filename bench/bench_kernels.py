@@ -1,13 +1,16 @@
 """Times the native kernels against the PyTorch reference and a plain copy, in one run.
 
     python bench/bench_kernels.py [--device cpu|cuda] [--repeats N] [--quick] [--only prune|stats]
-                                  [--no-reference]
+                                  [--no-reference] [--clock wall|thread]
 
 prune_rows_ bytes = one read + one write of w; its floor is `dst.copy_(w)` into a
 preallocated tensor of the same dtype and shape. accumulate_stats bytes = one read
 of x; its floor is `torch.amax(x)`. Kernel and floor calls alternate in one loop
 (medians of each), so both see the same machine load; "x floor" = kernel / floor.
 2:4 on a column count that is not a multiple of 4 uses the next lower multiple.
+--clock thread times with the calling thread's CPU time (time.thread_time), which a
+busy shared machine does not inflate; it needs one thread for both the kernel and
+torch: run it as `OMP_NUM_THREADS=1 python bench/bench_kernels.py --clock thread`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PATTERNS = ["50%", "2:4"]
 
 
+CLOCK = time.perf_counter
+
+
 def once(fn, device: str) -> float:
     """Milliseconds of one call of fn()."""
     if device == "cuda":
@@ -36,9 +42,9 @@ def once(fn, device: str) -> float:
         end.record()
         torch.cuda.synchronize()
         return start.elapsed_time(end)
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     fn()
-    return (time.perf_counter() - t0) * 1e3
+    return (CLOCK() - t0) * 1e3
 
 
 def timed(fn, device: str, repeats: int, setup=None) -> float:
@@ -106,12 +112,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="first shape only")
     parser.add_argument("--only", choices=["prune", "stats"], help="one kernel only")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference timings")
+    parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                        help="thread: CPU time of the calling thread (CPU, one thread only)")
     args = parser.parse_args()
     device = args.device
     info = featprune_ext.build_info()
+    if args.clock == "thread":
+        if device != "cpu" or info.get("openmp_max_threads", 1) != 1:
+            parser.error("--clock thread needs --device cpu and OMP_NUM_THREADS=1")
+        torch.set_num_threads(1)
+        global CLOCK
+        CLOCK = time.thread_time
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"# featprune {info['version']} kernels on {where}; torch {torch.__version__}; "
-          f"openmp={info['openmp']} cuda={info['cuda']}; medians of {args.repeats}")
+          f"openmp={info['openmp']} cuda={info['cuda']}; medians of {args.repeats}; clock={args.clock}")
     shapes = SHAPES[:1] if args.quick else SHAPES
     header = "| kernel | shape | dtype | native ms | GB/s | reference ms | speed-up vs ref | floor ms | x floor |"
     print(header)

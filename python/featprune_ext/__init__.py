@@ -23,12 +23,20 @@ __all__ = ["DiskFullError", "FeatpruneError", "InputError", "KernelError", "__ve
 
 
 def build_info() -> dict:
-    """How this installation was built: version, cuda (kernels compiled), cuda_archs, openmp."""
+    """How this installation was built: version, cuda (kernels compiled), cuda_archs, openmp,
+    cuda_runtime (the CUDA runtime version the kernels link, e.g. "13.0"; None without them) and
+    cuda_driver (the CUDA version the installed driver supports; None when no driver is found).
+    Asking the driver's version does not initialise CUDA."""
     if _native is None:
         return {"version": __version__, "native": False, "cuda": False, "cuda_archs": "", "openmp": False,
-                "error": _import_error}
+                "cuda_runtime": None, "cuda_driver": None, "error": _import_error}
+    from .ops import cuda_version_str
+
     info = dict(_native.build_info())
     info["native"] = True
+    runtime, driver = _native.cuda_versions() if hasattr(_native, "cuda_versions") else (0, 0)
+    info["cuda_runtime"] = cuda_version_str(runtime)
+    info["cuda_driver"] = cuda_version_str(driver)
     return info
 
 

@@ -23,6 +23,7 @@ pruned_per_row = reference.pruned_per_row
 _FLOAT_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _DEVICE_CODES = {"cpu": 0, "cuda": 1}
 _warned_fallback: set[str] = set()
+_driver_verdict: list[str | None] = []  # [] until the first CUDA call checks; then [None] or [error line]
 
 
 def _check_tensor(name: str, t, *, dtypes=None, ndim=None, device=None, shape=None) -> None:
@@ -48,12 +49,48 @@ def _check_no_overlap(name: str, t: torch.Tensor) -> None:
             raise ValueError(f"{name} is an expanded (stride-0) view; pass a materialised tensor")
 
 
+def cuda_version_str(version: int) -> str | None:
+    """13000 -> "13.0", 12040 -> "12.4" (CUDART_VERSION encoding); None for 0 (absent)."""
+    return f"{version // 1000}.{version % 1000 // 10}" if version > 0 else None
+
+
+def cuda_driver_problem(runtime: int, driver: int) -> str | None:
+    """The one-line error when the driver cannot run this build's CUDA runtime, else None.
+
+    runtime: the CUDA runtime version the extension was compiled against and links
+    statically (0: no CUDA kernels); driver: what the installed driver supports (0: none
+    found). Since CUDA 11 a driver runs code built by any toolkit of its own major version
+    (minor version compatibility), so the driver needs at least runtime's major.0.
+    """
+    if runtime <= 0:
+        return None
+    needed = runtime // 1000 * 1000
+    if driver >= needed:
+        return None
+    found = f"supports CUDA {cuda_version_str(driver)}" if driver > 0 else "was not found"
+    return (f"featprune: the NVIDIA driver {found}, but these CUDA kernels were built with CUDA "
+            f"{cuda_version_str(runtime)} and need a driver for CUDA {cuda_version_str(needed)} or newer; "
+            "rebuild featprune against the system CUDA (with its nvcc on PATH: "
+            "pip install --no-build-isolation .), update the driver, or use --device cpu")
+
+
+def _check_cuda_driver() -> None:
+    """At the first CUDA call: raise if the driver is older than the runtime needs (cached)."""
+    if not _driver_verdict:
+        versions = getattr(native, "cuda_versions", None)
+        _driver_verdict.append(cuda_driver_problem(*versions()) if versions is not None else None)
+    if _driver_verdict[0] is not None:
+        raise RuntimeError(_driver_verdict[0])
+
+
 def _use_native(device: torch.device) -> bool:
     if native is None:
         reason = "the native module featprune_ext._C could not be imported"
     elif device.type == "cuda" and not native.build_info()["cuda"]:
         reason = "this build has no CUDA kernels (no nvcc at install time)"
     else:
+        if device.type == "cuda":
+            _check_cuda_driver()
         return True
     if reason not in _warned_fallback:
         _warned_fallback.add(reason)

@@ -28,7 +28,11 @@ def accumulate_stats(
     bucket: int = 0,
     absmax: torch.Tensor | None = None,
 ) -> None:
-    """sumsq[bucket] += sum of x^2 over counted tokens; count[bucket] += #tokens; absmax = running max |x|."""
+    """sumsq[bucket] += sum of x^2 over counted tokens; count[bucket] += #tokens; absmax = running max |x|.
+
+    NaN propagates (the rule of csrc/include/featprune/kernels.h, which the CPU and CUDA
+    kernels follow): a NaN in a counted token makes that feature's sumsq and absmax NaN,
+    since sum, amax and torch.maximum all keep NaN; masked tokens are dropped first."""
     features = x.shape[-1]
     rows = x.reshape(-1, features).float()
     if token_mask is not None:

@@ -108,6 +108,9 @@ def build(cache_dir: Path = CACHE_DIR) -> Path:
         if link.returncode != 0:
             raise SimBuildError(f"linking the emulation library failed:\n{link.stderr}")
         os.replace(tmp_lib, out)  # atomic: concurrent builders agree on the result
+    for stale in cache_dir.glob("libfeatprune_cuda_sim-*.so"):  # builds of older sources
+        if stale != out:
+            stale.unlink(missing_ok=True)
     return out
 
 

@@ -167,7 +167,12 @@ def test_fp16_activation_overflow_names_block_and_linear_and_suggests_float32(ti
     # the suggested fix works, and the output keeps the checkpoint's dtype
     assert cli.main(cmd(model, tmp_path / "o32", calib_jsonl, "--dtype", "float32")[3:]) == 0
     report = json.loads((tmp_path / "o32" / "featprune.json").read_text())
-    assert report["model"]["dtype"] == "float16"
+    assert report["model"]["dtype"] == "float16" and report["model"]["compute_dtype"] == "float32"
+    from safetensors import safe_open
+
+    for shard in (tmp_path / "o32").glob("*.safetensors"):
+        with safe_open(shard, "pt") as f:
+            assert all(f.get_slice(k).get_dtype() == "F16" for k in f.keys())
 
 
 # -- out of memory and device faults inside a block ----------------------------------------------

@@ -170,3 +170,57 @@ def test_cuda_recompute_path_without_key_cache(monkeypatch, dtype, weights):
     protect = torch.zeros(769, dtype=torch.bool, device="cuda")
     protect[::7] = True
     run_and_check(w, make_scale(769, "cuda"), sparsity=0.5, protect=protect)
+
+
+# The CPU kernel has an AVX2 path (N:M with m in {1, 2, 4, 8} on contiguous rows; sampled
+# bracket + radix select for unstructured rows) and the portable path (FEATPRUNE_CPU_SIMD=0).
+# Both must match the reference bit for bit; these cases reach each branch of the AVX2 path:
+# vector tails, the sampled bracket (>= 512 columns), open-ended brackets, all-equal
+# candidates, tie cuts, NaN/inf, protected columns, -0.0 scales and strided views.
+CPU_PATH_CASES = {
+    "50%-sampled": dict(shape=(33, 1000), kind="normal", pattern=dict(sparsity=0.5)),
+    "odd-rows-cols": dict(shape=(13, 5125), kind="normal", pattern=dict(sparsity=0.3)),
+    "ties-90%": dict(shape=(17, 4100), kind="quantized", pattern=dict(sparsity=0.9)),
+    "ties-constant": dict(shape=(5, 1024), kind="constant", pattern=dict(sparsity=0.5)),
+    "edge-0.001": dict(shape=(9, 2048), kind="normal", pattern=dict(sparsity=0.001)),
+    "edge-0.999": dict(shape=(9, 2048), kind="normal", pattern=dict(sparsity=0.999)),
+    "zero-cols": dict(shape=(11, 1536), kind="normal", pattern=dict(sparsity=0.5), scale="zero_cols"),
+    "nan-inf-protect": dict(shape=(7, 777), kind="nan", pattern=dict(sparsity=0.5), protect=True),
+    "transposed": dict(shape=(21, 600), kind="normal", pattern=dict(sparsity=0.5), transposed=True),
+    "2:4-tail": dict(shape=(9, 2052), kind="normal", pattern=dict(n=2, m=4)),
+    "2:4-ties": dict(shape=(9, 260), kind="quantized", pattern=dict(n=2, m=4)),
+    "4:8": dict(shape=(7, 2048), kind="normal", pattern=dict(n=4, m=8)),
+    "4:8-ties-protect": dict(shape=(7, 264), kind="quantized", pattern=dict(n=4, m=8), protect=True),
+    "1:2": dict(shape=(5, 98), kind="normal", pattern=dict(n=1, m=2)),
+    "0:1": dict(shape=(3, 40), kind="normal", pattern=dict(n=0, m=1)),
+    "5:16-portable": dict(shape=(5, 64), kind="normal", pattern=dict(n=5, m=16)),
+    "2:4-nan": dict(shape=(6, 100), kind="nan", pattern=dict(n=2, m=4)),
+    "2:4-transposed": dict(shape=(10, 64), kind="normal", pattern=dict(n=2, m=4), transposed=True),
+}
+
+
+@pytest.mark.parametrize("simd", ["1", "0"], ids=["simd", "portable"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", list(CPU_PATH_CASES), ids=str)
+def test_cpu_paths_match_reference(monkeypatch, simd, dtype, case):
+    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", simd)
+    spec = CPU_PATH_CASES[case]
+    rows, cols = spec["shape"]
+    g = torch.Generator().manual_seed(rows * cols)
+    if spec["kind"] == "nan":
+        w = torch.randn(rows, cols, generator=g)
+        w[torch.rand(rows, cols, generator=g) < 0.15] = float("nan")
+        w[torch.rand(rows, cols, generator=g) < 0.05] = float("inf")
+        w = w.to(dtype)
+    else:
+        w = make_weight(rows, cols, dtype, "cpu", kind=spec["kind"])
+    if spec.get("transposed"):
+        w = w.t().contiguous().t()  # same values, column stride = rows
+    scale = make_scale(cols, "cpu", kind=spec.get("scale", "random"))
+    scale[1::5] = -0.0  # |w| * -0.0 = -0.0 must key like +0.0
+    pattern = dict(spec["pattern"])
+    if spec.get("protect"):
+        protect = torch.zeros(cols, dtype=torch.bool)
+        protect[::8] = True  # one per group of 8 at most
+        pattern["protect"] = protect
+    run_and_check(w, scale, **pattern)

@@ -23,7 +23,7 @@ import importlib
 import sys
 import traceback
 
-from ..errors import DiskFullError, InputError
+from ..errors import DiskFullError, FeatpruneError, InputError
 
 __all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -71,6 +71,8 @@ def main(argv=None) -> int:
         code, msg = EXIT_USAGE, str(exc)
     except DiskFullError as exc:
         code, msg = EXIT_FAILURE, exc.strerror or str(exc)
+    except FeatpruneError as exc:  # a runtime failure featprune already explained (e.g. BlockError)
+        code, msg = EXIT_FAILURE, str(exc)
     except Exception as exc:  # a runtime failure: one line unless -v
         code, msg = EXIT_FAILURE, f"{type(exc).__name__}: {exc}"
     if args.verbose:
