@@ -16,9 +16,10 @@ from ._native import import_error as _import_error
 from ._native import native as _native
 from ._version import __version__
 from .errors import DiskFullError, FeatpruneError, InputError, KernelError
-from .ops import accumulate_stats, prune_rows_
+from .ops import accumulate_hessian, accumulate_stats, prune_rows_
 
-__all__ = ["DiskFullError", "FeatpruneError", "InputError", "KernelError", "__version__", "accumulate_stats",
+__all__ = ["DiskFullError", "FeatpruneError", "InputError", "KernelError", "__version__", "accumulate_hessian",
+           "accumulate_stats",
            "build_info", "prune", "prune_rows_"]
 
 

@@ -14,9 +14,10 @@ import warnings
 import torch
 
 from . import reference
+from .errors import CudaDriverError
 from ._native import native
 
-__all__ = ["accumulate_stats", "prune_rows_", "pruned_per_row"]
+__all__ = ["accumulate_hessian", "accumulate_stats", "prune_rows_", "pruned_per_row"]
 
 pruned_per_row = reference.pruned_per_row
 
@@ -80,7 +81,7 @@ def _check_cuda_driver() -> None:
         versions = getattr(native, "cuda_versions", None)
         _driver_verdict.append(cuda_driver_problem(*versions()) if versions is not None else None)
     if _driver_verdict[0] is not None:
-        raise RuntimeError(_driver_verdict[0])
+        raise CudaDriverError(_driver_verdict[0])
 
 
 def _use_native(device: torch.device) -> bool:
@@ -165,6 +166,52 @@ def accumulate_stats(
             count=count[bucket].data_ptr(),
             stream=_stream(device),
         )
+
+
+def accumulate_hessian(
+    x: torch.Tensor,
+    hessian: torch.Tensor,
+    count: torch.Tensor,
+    *,
+    token_mask: torch.Tensor | None = None,
+) -> None:
+    """hessian += X^T X over the counted tokens of x (rows = tokens); count += their number.
+
+    x: [..., F] float32/float16/bfloat16. hessian: float32 or float64 [F, F], contiguous;
+    count: int64 [1]. token_mask: bool/uint8 of shape x.shape[:-1]; 0 marks padding, which
+    is skipped. This is SparseGPT's (unscaled) Hessian sum: H = 2 * hessian / count.
+
+    A documented torch matmul, not a native kernel: the product is one GEMM (BLAS sgemm on
+    CPU, cuBLAS on CUDA) that already runs at the machine's peak, which a hand-written kernel
+    would only approach (bench/RESULTS.md, "Hessian accumulation"). The product is always
+    formed in fp32 (inputs upcast): into `hessian` directly when it is float32 (addmm, no
+    temporary), or into an fp32 [F, F] temporary that is then added to a float64 `hessian`
+    (the batch-order-independent variant, twice the memory).
+    """
+    _check_tensor("x", x, dtypes=_FLOAT_DTYPES)
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension (features last)")
+    device = x.device
+    features = x.shape[-1]
+    _check_tensor("hessian", hessian, dtypes=(torch.float32, torch.float64), ndim=2, device=device,
+                  shape=(features, features))
+    _check_tensor("count", count, dtypes=(torch.int64,), device=device, shape=(1,))
+    if token_mask is not None:
+        _check_tensor("token_mask", token_mask, dtypes=(torch.bool, torch.uint8), device=device, shape=x.shape[:-1])
+    for name, t in (("hessian", hessian), ("count", count)):
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (it is an accumulator written in place)")
+    rows = x.reshape(-1, features)
+    if token_mask is not None:
+        keep = token_mask.reshape(-1).bool()
+        if not bool(keep.all()):
+            rows = rows[keep]
+    rows = rows.float()  # no copy for fp32 input
+    if hessian.dtype == torch.float32:
+        hessian.addmm_(rows.t(), rows)
+    else:
+        hessian += torch.mm(rows.t(), rows)
+    count += rows.shape[0]
 
 
 def _validate_pattern(cols: int, sparsity, n: int, m: int) -> None:

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-__all__ = ["accumulate_stats", "pruned_per_row", "prune_mask", "prune_rows_"]
+__all__ = ["accumulate_hessian", "accumulate_stats", "pruned_per_row", "prune_mask", "prune_rows_"]
 
 
 def pruned_per_row(cols: int, sparsity: float) -> int:
@@ -41,6 +41,21 @@ def accumulate_stats(
     count[bucket] += rows.shape[0]
     if absmax is not None and rows.shape[0] > 0:
         absmax[bucket] = torch.maximum(absmax[bucket], rows.abs().amax(dim=0))
+
+
+def accumulate_hessian(x: torch.Tensor, hessian: torch.Tensor, count: torch.Tensor, *,
+                       token_mask: torch.Tensor | None = None) -> None:
+    """hessian += sum over counted tokens t of outer(x_t, x_t), one token at a time in float64;
+    count += the number of counted tokens. The oracle of ops.accumulate_hessian."""
+    features = x.shape[-1]
+    rows = x.reshape(-1, features).double()
+    if token_mask is not None:
+        rows = rows[token_mask.reshape(-1).bool()]
+    total = torch.zeros(features, features, dtype=torch.float64, device=x.device)
+    for row in rows:
+        total += torch.outer(row, row)
+    hessian += total.to(hessian.dtype)
+    count += rows.shape[0]
 
 
 def _first_in_stable_order(score: torch.Tensor, protected: torch.Tensor, take: int) -> torch.Tensor:

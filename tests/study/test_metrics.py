@@ -147,3 +147,25 @@ def test_corpus_statistic_reproduces_corpus_scores():
 def test_format_p_marks_the_resolution_floor():
     assert M.format_p(1 / 1001, 1000) == "<=0.001"
     assert M.format_p(0.0213, 1000) == "0.021"
+
+
+# -- exact McNemar and Holm: known answers ----------------------------------------------------------
+def test_mcnemar_exact_known_answers():
+    # the study's Hindi case: 5 discordant items, all favouring one system -> p = 2 * 0.5**5 = 0.0625
+    a = [True] * 5 + [True] * 90 + [False] * 105
+    b = [False] * 5 + [True] * 90 + [False] * 105
+    r = M.mcnemar_exact(a, b)
+    assert (r["a_only"], r["b_only"]) == (5, 0) and r["p_value"] == 0.0625 and r["delta"] == 5 / 200
+    # 3 vs 1 discordant: p = 2 * (1 + 4) / 16 = 0.625; symmetric in a and b
+    a, b = [1, 1, 1, 0, 1], [0, 0, 0, 1, 1]
+    assert M.mcnemar_exact(a, b)["p_value"] == 0.625 == M.mcnemar_exact(b, a)["p_value"]
+    assert M.mcnemar_exact([1, 0], [1, 0])["p_value"] == 1.0  # no discordant item
+    with pytest.raises(ValueError, match="aligned"):
+        M.mcnemar_exact([1, 0], [1])
+
+
+def test_holm_known_answers():
+    # sorted p: 0.01*3=0.03, 0.02*2=0.04, 0.04*1=0.04 (monotone); returned in the input order
+    assert M.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert M.holm([0.0625, 0.5, 0.9]) == pytest.approx([0.1875, 1.0, 1.0])
+    assert M.holm([]) == []

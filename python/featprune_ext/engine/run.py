@@ -42,6 +42,7 @@ from .resume import (PROGRESS_NAME, REPORT_NAME, BackgroundWriter, copy_side_fil
                      run_fingerprint)
 from .skeleton import ModelSkeleton
 from .stats import collect_stats
+from .timing import PhaseTimer
 
 __all__ = ["COMPUTE_DTYPES", "parse_dtype", "prune_model"]
 
@@ -184,6 +185,7 @@ class _Run:
         total = skel.num_blocks + 1
         self.shard_name = [f"model-{j + 1:05d}-of-{total:05d}.safetensors" for j in range(total)]
         self.t_capture = 0.0
+        self.timer = PhaseTimer(sync=(lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None)
 
     # -- progress record --
     def save_progress(self, blocks_done: int, act_file: str | None) -> None:
@@ -208,11 +210,19 @@ class _Run:
 
     # -- writer jobs (run on the writer thread, one at a time) --
     def _write_shard0(self) -> None:
+        with self.timer.phase("write_s"):
+            self._write_shard0_now()
+
+    def _write_shard0_now(self) -> None:
         write_safetensors(self.part / self.shard_name[0], [(k, RawTensor(self.ckpt, k)) for k in self.skel.other_keys])
         self.shard0_done = True
         self.save_progress(len(self.layers), self.act_file)
 
     def _write_block(self, i: int, entries, next_hidden, layer_report) -> None:
+        with self.timer.phase("write_s"):
+            self._write_block_now(i, entries, next_hidden, layer_report)
+
+    def _write_block_now(self, i: int, entries, next_hidden, layer_report) -> None:
         write_safetensors(self.part / self.shard_name[i + 1], entries)
         _die_if_asked("write", i)
         new_act = None
@@ -249,9 +259,14 @@ class _Run:
             act = self.part / self._act_name(self.start_block)
             hidden = [h.to(device) for h in torch.load(act, weights_only=True)]
         self.t_capture = time.perf_counter() - t0
+        self.timer.add("capture_s", self.t_capture)
         return batches, calls, hidden
 
     def _load(self, i: int):
+        with self.timer.phase("read_s"):
+            return self._load_now(i)
+
+    def _load_now(self, i: int):
         cuda = self.device.type == "cuda"
         _die_if_asked("read", i)
         tensors = self.skel.read_block(i, pin_memory=cuda)
@@ -266,6 +281,7 @@ class _Run:
     def execute(self) -> None:
         if self.finalized:
             return
+        self.t_execute = time.perf_counter()
         skel, method, device = self.skel, self.method, self.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -290,7 +306,8 @@ class _Run:
             for i in range(self.start_block, skel.num_blocks):
                 t_block = time.perf_counter()
                 try:
-                    tensors, event = nxt.result()
+                    with self.timer.phase("wait_read_s"):
+                        tensors, event = nxt.result()
                     if i + 1 < skel.num_blocks:
                         nxt = loader.submit(self._load, i + 1)  # prefetch while this block computes
                     hidden, next_hidden, entries, report = self._block(i, tensors, event, batches, calls, hidden)
@@ -303,14 +320,16 @@ class _Run:
                         atomic_save_torch(self.part / self._act_name(i + 1), next_hidden)
                     self.dist.barrier()
                 if self.dist.is_writer:
-                    writer.submit(self._write_block, i, entries, next_hidden, report)
+                    with self.timer.phase("wait_write_s"):  # at most one block in flight: waits for the last one
+                        writer.submit(self._write_block, i, entries, next_hidden, report)
                 if bar is not None:
                     bar.set_postfix(peak_rss=f"{peak_rss_bytes() / 2**30:.2f}G", refresh=False)
                     bar.update(1)
                 if die_after is not None and int(die_after) == i:
                     writer.wait()
                     os.kill(os.getpid(), signal.SIGKILL)
-            writer.wait()
+            with self.timer.phase("wait_write_s"):
+                writer.wait()
         finally:
             if bar is not None:
                 bar.close()
@@ -331,23 +350,29 @@ class _Run:
         # (so kept weights are written back bit for bit) and refresh the module's copy afterwards.
         keys = {skel.block_prefix[i] + pl.param_name for pl in linears}
         originals = {k: t for k, t in tensors.items() if k in keys and t.dtype != skel.dtype}
-        block = skel.attach_block(i, tensors, device, skel.dtype)
+        with self.timer.phase("attach_s"):
+            block = skel.attach_block(i, tensors, device, skel.dtype)
         del tensors
         stats = {}
         if method.needs_calibration:
-            stats = collect_stats(block, linears, calls[i], hidden, batches, self.calibration.bucket_names, device)
-            self.dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
-                                  [st.absmax for st in stats.values()])
-            self._check_activations(i, linears, stats)
+            with self.timer.phase("stats_s", sync=True):
+                stats = collect_stats(block, linears, calls[i], hidden, batches, self.calibration.bucket_names,
+                                      device)
+                self.dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
+                                      [st.absmax for st in stats.values()])
+                self._check_activations(i, linears, stats)
         _die_if_asked("stats", i)
-        entries, matrices = self._prune_block(i, linears, stats, originals)
+        with self.timer.phase("select_s", sync=True):
+            entries, matrices = self._prune_block(i, linears, stats, originals)
         del originals
         next_hidden = None
         if method.needs_calibration and i + 1 < skel.num_blocks:
-            hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1
-            next_hidden = [h.to("cpu") for h in hidden] if device.type == "cuda" else hidden
-        skel.release_block(i)
-        del block
+            with self.timer.phase("pruned_pass_s", sync=True):
+                hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1
+                next_hidden = [h.to("cpu") for h in hidden] if device.type == "cuda" else hidden
+        with self.timer.phase("attach_s"):
+            skel.release_block(i)
+            del block
         params = sum(numel(v["shape"]) for v in matrices.values())
         zeros = sum(v["sparsity"] * numel(v["shape"]) for v in matrices.values())
         report = {"index": i, "time_s": 0.0, "sparsity": zeros / max(params, 1), "params": params,
@@ -403,6 +428,12 @@ class _Run:
         entries += [(k, RawTensor(self.ckpt, k)) for k in skel.block_keys[i] if k not in pruned_keys]
         return entries, matrices
 
+    def _phases(self, t_start: float, t_final: float) -> dict:
+        """Per-phase seconds (timing.py): main-thread phases, background busy time and main-thread waits."""
+        self.timer.add("setup_s", getattr(self, "t_execute", t_final) - t_start)
+        self.timer.add("finalize_s", time.perf_counter() - t_final)
+        return self.timer.as_dict()
+
     def finish(self, model_dir: Path, out_dir: Path, t_start: float) -> dict:
         part, skel = self.part, self.skel
         if self.finalized:
@@ -438,7 +469,8 @@ class _Run:
                 "timings": {"capture_s": round(self.t_capture, 4),
                             "blocks_s": round(sum(r["time_s"] for r in layers), 4),
                             "finalize_s": round(time.perf_counter() - t_final, 4),
-                            "total_s": round(time.perf_counter() - t_start, 4)},
+                            "total_s": round(time.perf_counter() - t_start, 4),
+                            "phases": self._phases(t_start, t_final)},
                 "peak_rss_bytes": peak_rss_bytes(),
                 "peak_cuda_bytes": (torch.cuda.max_memory_allocated(self.device)
                                     if self.device.type == "cuda" else None),

@@ -154,6 +154,36 @@ def paired_bootstrap(a, b, statistic: Statistic = "mean", *, n_boot: int = 1000,
             "a_wins": float(np.mean(deltas > 0)), "n_boot": n_boot}
 
 
+def mcnemar_exact(a_correct, b_correct) -> dict:
+    """Exact (binomial) two-sided McNemar test of two systems' per-item correctness on the same items.
+
+    Only discordant items count: b10 = a right and b wrong, b01 = the reverse. Under the null each
+    discordant item goes either way with probability 1/2, so p = min(1, 2 * P(X <= min(b10, b01)))
+    with X ~ Binomial(b10 + b01, 1/2). With no discordant item p = 1.
+    """
+    a = np.asarray(a_correct, dtype=bool)
+    b = np.asarray(b_correct, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"McNemar needs aligned per-item results, got shapes {a.shape} and {b.shape}")
+    b10, b01 = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = b10 + b01
+    tail = sum(math.comb(n, i) for i in range(min(b10, b01) + 1)) / 2.0 ** n if n else 1.0
+    return {"n": int(a.size), "a_only": b10, "b_only": b01, "delta": (b10 - b01) / max(a.size, 1),
+            "p_value": float(min(1.0, 2.0 * tail))}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given): controls the family-wise error rate
+    over a family of tests; reject H_i at level alpha when adjusted p_i < alpha."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted
+
+
 def format_p(p: float, n_boot: int) -> str:
     """A bootstrap p-value as text; at the resolution floor 1/(n_boot+1) it reads '<=0.001' etc."""
     floor = 1 / (n_boot + 1)
@@ -223,8 +253,10 @@ def _k_of(n: int, ratio: float) -> int:
 def top_bottom_overlap(a, b, ratio: float) -> float:
     """Share of a's top-ratio features (by magnitude) that are among b's bottom-ratio features.
 
-    k = round(F * ratio) on both sides (as in the paper's code); 0 means a's large features are
-    never b's small ones, 1 means all of them are.
+    k = round(F * ratio) on both sides; 0 means a's large features are never b's small ones, 1 means
+    all of them are. The authors' overlap_analysis.py rounds the same way but with a hard-coded 0.4,
+    whatever its --ratio (which only labels the figures); featprune uses the ratio it is given
+    (docs/study-gemma3-270m.md, "Differences from the authors' code").
     """
     if len(a) != len(b):
         raise ValueError(f"feature vectors differ in length: {len(a)} vs {len(b)}")

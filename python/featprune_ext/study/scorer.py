@@ -70,7 +70,7 @@ class Scorer:
         probe = self.tok("a")["input_ids"]
         eos = self.tok.eos_token_id
         self._adds_eos = len(probe) > 1 and eos is not None and probe[-1] == eos
-        start = self.tok.bos_token_id if self.tok.bos_token_id is not None else eos
+        start = self._start_token(probe)
         if start is None:
             raise EvalError(f"the tokenizer of {model_dir} has neither a BOS nor an EOS token to start a text with")
         self.start_id = int(start)
@@ -79,6 +79,16 @@ class Scorer:
         self.fast_head = self._check_fast_head()
 
     # -- tokenization --
+    def _start_token(self, probe: list[int]):
+        """The token this tokenizer itself puts before a text (XGLM: </s>, Llama: <s>); else BOS or EOS.
+        Scoring a text from its start must condition on what the model saw in training."""
+        plain = list(self.tok("a", add_special_tokens=False)["input_ids"])
+        for i in range(1, len(probe) - len(plain) + 1):
+            if probe[i:i + len(plain)] == plain:
+                return probe[0]  # special tokens come before the text
+        bos, eos = self.tok.bos_token_id, self.tok.eos_token_id
+        return bos if bos is not None else eos
+
     def _ids(self, text: str, special: bool) -> list[int]:
         ids = list(self.tok(text, add_special_tokens=special)["input_ids"])
         if special and self._adds_eos and ids and ids[-1] == self.tok.eos_token_id:
@@ -216,8 +226,10 @@ class Scorer:
         enc = [self._ids(p, True) for p in prompts]
         enc = [e[-(self.seqlen - max_new_tokens):] if len(e) > self.seqlen - max_new_tokens else e for e in enc]
         eos = [t for t in {self.tok.eos_token_id, self.start_id} if t is not None]
+        # Stop each sequence at its first newline (the answer ends there) instead of always
+        # generating max_new_tokens: the batch ends when every sequence has stopped.
         gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                   pad_token_id=self.pad_id, eos_token_id=eos)
+                                   pad_token_id=self.pad_id, eos_token_id=eos, stop_strings=["\n"])
         outs: list[str] = [""] * len(enc)
         bar = tqdm(total=len(enc), desc=desc, unit="seq", file=sys.stderr, disable=not self.progress,
                    dynamic_ncols=True, leave=False)
@@ -230,7 +242,7 @@ class Scorer:
                     ids[r, width - len(enc[i]):] = torch.tensor(enc[i])
                     mask[r, width - len(enc[i]):] = 1
                 gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                          generation_config=gen_cfg)
+                                          generation_config=gen_cfg, tokenizer=self.tok)
                 for r, i in enumerate(batch):
                     text = self.tok.decode(gen[r, width:], skip_special_tokens=True)
                     outs[i] = text.split("\n")[0].strip()
