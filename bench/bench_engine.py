@@ -1,13 +1,26 @@
-"""Engine bench: streamed pruning vs the naive in-memory Wanda on the real Gemma 3 270M (CPU).
+"""Engine bench: featprune end to end against the floor, two plain forward passes, on CPU.
 
-Each arm runs in its own fresh process (so neither inherits the other's memory); wall time
-is measured from the outside (process start to exit, imports and output writing included)
-and peak RSS is the process's own VmHWM. The two outputs' masks are compared too.
+For one model and one calibration set, in the same run and interleaved (repeats alternate the order):
+  floor      a fresh process loads the whole model in memory once, records each block's inputs, then
+             runs every block twice over all calibration batches and nothing else (the same batches
+             featprune used); only those two passes are timed.
+  featprune  `python -m featprune_ext prune ...` in a fresh process; wall time from process start to
+             exit (imports, tokenizer and output writing included), and the per-phase seconds of its
+             featprune.json ("timings.phases": read, capture, stats, select, pruned pass, write, and
+             the main thread's waits on the reader and the writer).
+Medians over --repeats; the load average is printed (this VM's two cores are shared: timings are noisy).
 
-    python bench/bench_engine.py [--nsamples 16] [--seqlen 256] [--sparsity 0.5] [--no-write]
+    python bench/bench_engine.py --model gemma3-270m [--nsamples 24] [--shots 8] [--seqlen 512]
+        [--batch-size auto] [--dtype float32] [--repeats 3] [--src NAME=PYTHONPATH ...] [--dtypes ...]
+        [--naive] [--no-write]
 
-Prints a table and replaces the "Engine" section's Gemma subsection in bench/RESULTS.md.
-Calibration texts: 4-shot translation demonstrations built from the gettext catalogs under
+Models: smollm2 and gemma3-270m (the real ones, from featprune_ext.data.zoo) and qwen2-0.5b (a random
+Qwen2-0.5B-shaped model generated once by bench/synth_model.py under ~/.cache/featprune/bench).
+--src adds a featprune arm run from another source tree (e.g. the code before a change), and its masks
+are compared byte for byte with the first arm's. --dtypes adds one featprune arm per compute dtype
+(mask agreement vs the first arm). --naive adds the naive in-memory Wanda (tests/helpers/naive.py).
+Replaces the "Floor: MODEL" subsection of the Engine section of bench/RESULTS.md.
+Calibration texts: k-shot translation demonstrations built from the gettext catalogs under
 /usr/share/locale (interface strings, human translations).
 """
 
@@ -15,11 +28,14 @@ from __future__ import annotations
 
 import argparse
 import gettext
+import hashlib
 import json
 import os
 import platform
 import random
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,96 +109,300 @@ def demonstration_texts(n: int, seed: int = 0, shots: int = 4) -> list[str]:
     return texts
 
 
-# -- the two arms ------------------------------------------------------------------------------
-def run_arm(cmd: list[str], report_path: Path | None) -> dict:
+MODELS = ("smollm2", "gemma3-270m", "qwen2-0.5b")
+PHASE_ORDER = ("startup_s", "setup_s", "capture_s", "read_s", "wait_read_s", "attach_s", "stats_s", "select_s",
+               "pruned_pass_s", "write_s", "wait_write_s", "finalize_s")
+BACKGROUND = ("read_s", "write_s")  # busy time on the prefetch and writer threads, overlapping the rest
+
+
+def model_dir(name: str) -> Path:
+    if name == "qwen2-0.5b":
+        sys.path.insert(0, str(HERE))
+        from synth_model import build_random_model
+
+        root = Path(os.environ.get("FEATPRUNE_BENCH_CACHE", Path.home() / ".cache" / "featprune" / "bench"))
+        return build_random_model(root / "qwen2-0.5b-random", "qwen2-0.5b")
+    from featprune_ext.data import zoo
+
+    return zoo.smollm2_dir() if name == "smollm2" else zoo.gemma3_270m_dir()
+
+
+# -- the floor (child process) -----------------------------------------------------------------
+def floor_child(args) -> int:
+    """Two plain forward passes of every block over the calibration batches; prints one JSON line."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from featprune_ext.data.calibration_set import CalibrationSet, read_jsonl_texts
+    from featprune_ext.engine.batches import make_batches, pad_id_for
+    from featprune_ext.engine.capture import capture_block_calls
+    from featprune_ext.engine.families import find_blocks
+    from featprune_ext.engine.report import peak_rss_bytes
+
+    device = torch.device(args.device)
+    texts, buckets = read_jsonl_texts(args.calib_texts)
+    calib = CalibrationSet.from_texts(texts, AutoTokenizer.from_pretrained(args.model_dir), args.nsamples,
+                                      args.seqlen, 0, buckets=buckets)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    dtype = getattr(torch, args.dtype) if args.dtype else "auto"
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=dtype).to(device).eval()
+    load_s = time.perf_counter() - t0
+    _, blocks = find_blocks(model)
+    batches = make_batches(calib, int(args.batch_size), pad_id_for(model.config, model.config.get_text_config()
+                                                                       .vocab_size))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.no_grad():
+        calls, hidden = capture_block_calls(model, blocks, batches, device)
+        sync()
+        passes = [0.0, 0.0]
+        for i, block in enumerate(blocks):
+            for p in range(2):
+                t = time.perf_counter()
+                out = [c.run(block, h) for c, h in zip(calls[i], hidden)]
+                sync()
+                passes[p] += time.perf_counter() - t
+            hidden = out
+    print(json.dumps({"floor_s": sum(passes), "pass_s": passes, "load_s": load_s, "tokens": calib.num_tokens,
+                      "batches": len(batches), "peak_rss_bytes": peak_rss_bytes(),
+                      "peak_cuda_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}))
+    return 0
+
+
+# -- arms ----------------------------------------------------------------------------------------
+def run_cmd(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    if report_path is not None:
-        report = json.loads(report_path.read_text())
-        return {"wall_s": wall, "peak_rss_bytes": report["peak_rss_bytes"], "inner_s": report["timings"]["total_s"]}
-    inner = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"wall_s": wall, "peak_rss_bytes": inner["peak_rss_bytes"], "inner_s": inner["wall_s"]}
+    return wall, proc.stdout
+
+
+def featprune_arm(model: Path, out: Path, common: list[str], batch_size: str, dtype: str | None,
+                  src: str | None) -> dict:
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join([src, str(HELPERS)])
+    cmd = [sys.executable, "-m", "featprune_ext", "prune", str(model), "--out", str(out), *common,
+           "--batch-size", str(batch_size), "--no-progress", "-q"]
+    if dtype:
+        cmd += ["--dtype", dtype]
+    load = os.getloadavg()[0]
+    wall, _ = run_cmd(cmd, env)
+    report = json.loads((out / "featprune.json").read_text())
+    t = report["timings"]
+    phases = dict(t.get("phases", {}))
+    phases["startup_s"] = wall - t["total_s"]  # interpreter, imports, tokenizer, calibration, arguments
+    return {"wall_s": wall, "inner_s": t["total_s"], "phases": phases, "batch_size": report["batch_size"],
+            "tokens": report["calibration"]["tokens"], "peak_rss_bytes": report["peak_rss_bytes"], "load": load}
+
+
+def floor_arm(model: Path, calib: Path, args, batch_size: int, dtype: str | None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--floor-child", "--model-dir", str(model),
+           "--calib-texts", str(calib), "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
+           "--batch-size", str(batch_size), "--device", args.device]
+    if dtype:
+        cmd += ["--dtype", dtype]
+    load = os.getloadavg()[0]
+    wall, out = run_cmd(cmd)
+    res = json.loads(out.strip().splitlines()[-1])
+    res.update(wall_s=wall, load=load)
+    return res
+
+
+def naive_arm(model: Path, out: Path, common: list[str]) -> dict:
+    load = os.getloadavg()[0]
+    wall, stdout = run_cmd([sys.executable, "-m", "naive", str(model), *common, "--out", str(out)])
+    inner = json.loads(stdout.strip().splitlines()[-1])
+    return {"wall_s": wall, "inner_s": inner["wall_s"], "peak_rss_bytes": inner["peak_rss_bytes"], "load": load}
+
+
+# -- masks -----------------------------------------------------------------------------------------
+def _weight_map(d: Path) -> dict:
+    from safetensors import safe_open
+
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        return json.loads(index.read_text())["weight_map"]
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        return {k: "model.safetensors" for k in f.keys()}
+
+
+def _pruned_keys(d: Path) -> list[str]:
+    report = d / "featprune.json"
+    if report.exists():
+        return sorted(k for layer in json.loads(report.read_text())["layers"] for k in layer["matrices"])
+    return sorted(k for k in _weight_map(d) if ".layers." in k and k.endswith("proj.weight"))
+
+
+def mask_digest(d: Path) -> str:
+    """sha256 over every pruned matrix's zero mask (name, shape, bytes): equal digests = identical masks."""
+    from safetensors import safe_open
+
+    wm, h = _weight_map(d), hashlib.sha256()
+    for key in _pruned_keys(d):
+        with safe_open(str(d / wm[key]), "pt") as f:
+            m = (f.get_tensor(key) == 0).contiguous()
+        h.update(f"{key}{tuple(m.shape)}".encode())
+        h.update(m.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def mask_agreement(a: Path, b: Path) -> float:
-    import torch
     from safetensors import safe_open
 
-    def weight_map(d: Path) -> dict:
-        index = d / "model.safetensors.index.json"
-        if index.exists():
-            return json.loads(index.read_text())["weight_map"]
-        with safe_open(str(d / "model.safetensors"), "pt") as f:
-            return {k: "model.safetensors" for k in f.keys()}
-
-    wa, wb = weight_map(a), weight_map(b)
+    wa, wb = _weight_map(a), _weight_map(b)
     same = total = 0
-    for key in wa:
-        if ".layers." not in key or not key.endswith("proj.weight"):
-            continue
+    for key in _pruned_keys(a):
         with safe_open(str(a / wa[key]), "pt") as fa, safe_open(str(b / wb[key]), "pt") as fb:
             x, y = fa.get_tensor(key) == 0, fb.get_tensor(key) == 0
         same += int((x == y).sum())
         total += x.numel()
-        del x, y
     return same / total if total else float("nan")
+
+
+# -- main --------------------------------------------------------------------------------------------
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nsamples", type=int, default=16)
-    p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--model", default="gemma3-270m", choices=MODELS)
+    p.add_argument("--nsamples", type=int, default=None, help="default: 24 (smollm2, gemma3-270m), 12 (qwen2-0.5b)")
+    p.add_argument("--shots", type=int, default=8, help="demonstrations per calibration text (default 8)")
+    p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--batch-size", default="auto", help="featprune's --batch-size (default auto); the floor "
+                                                         "uses the batch size featprune resolved")
+    p.add_argument("--dtype", default=None, help="featprune's --dtype for the main arm (default: storage)")
+    p.add_argument("--dtypes", default="", help="extra featprune arms, one per compute dtype (comma-separated)")
+    p.add_argument("--src", action="append", default=[], metavar="NAME=DIR",
+                   help="extra featprune arm run with PYTHONPATH=DIR (e.g. a copy of the code before a change)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--naive", action="store_true", help="also run the naive in-memory Wanda")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    p.add_argument("--floor-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--calib-texts", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.floor_child:
+        return floor_child(args)
+    if args.nsamples is None:
+        args.nsamples = 12 if args.model == "qwen2-0.5b" else 24
 
-    from featprune_ext.data import zoo
-
-    model = zoo.gemma3_270m_dir()
+    model = model_dir(args.model)
     machine = machine_line()
+    loads = [os.getloadavg()[0]]
+    arms = [{"name": "featprune", "src": None, "dtype": args.dtype}]
+    for spec in args.src:
+        name, _, src = spec.partition("=")
+        arms.append({"name": f"featprune ({name})", "src": str(Path(src).resolve()), "dtype": args.dtype})
+    for dt in filter(None, args.dtypes.split(",")):
+        arms.append({"name": f"featprune --dtype {dt}", "src": None, "dtype": dt})
+    results: dict[str, list[dict]] = {a["name"]: [] for a in arms}
+    results["floor"], results["naive"] = [], []
+    digests, agreement = {}, {}
     with tempfile.TemporaryDirectory(prefix="featprune_bench_") as tmp:
         tmp = Path(tmp)
         calib = tmp / "calib.jsonl"
         calib.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
-                                 for t in demonstration_texts(args.nsamples)), encoding="utf-8")
+                                 for t in demonstration_texts(args.nsamples, shots=args.shots)), encoding="utf-8")
         common = ["--calib-texts", str(calib), "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
                   "--sparsity", str(args.sparsity)]
-        naive = run_arm([sys.executable, "-m", "naive", str(model), *common, "--out",
-                         str(tmp / "naive")], None)
-        streamed = run_arm([sys.executable, "-m", "featprune_ext.cli", "prune", str(model), "--out",
-                            str(tmp / "streamed"), *common, "--no-progress"], tmp / "streamed" / "featprune.json")
-        tokens = json.loads((tmp / "streamed" / "featprune.json").read_text())["calibration"]["tokens"]
-        print(f"naive: {naive}\nstreamed: {streamed}", flush=True)
-        agree = mask_agreement(tmp / "streamed", tmp / "naive")
+        first_out = tmp / "keep-0"
+        for r in range(args.repeats):
+            order = [*arms, "floor"] + (["naive"] if args.naive else [])
+            if r % 2:
+                order.reverse()
+            batch_size = results["featprune"][-1]["batch_size"] if results["featprune"] else None
+            if batch_size is None and order[0] == "floor":  # the floor needs featprune's resolved batch size
+                order = [*arms, "floor"] + (["naive"] if args.naive else [])
+            for arm in order:
+                if arm == "floor":
+                    batch_size = results["featprune"][-1]["batch_size"]
+                    res = floor_arm(model, calib, args, batch_size, args.dtype)
+                    results["floor"].append(res)
+                elif arm == "naive":
+                    out = tmp / f"naive-{r}"
+                    res = naive_arm(model, out, common)
+                    results["naive"].append(res)
+                    if r == 0:
+                        agreement["naive"] = mask_agreement(first_out, out)
+                    shutil.rmtree(out, ignore_errors=True)
+                else:
+                    k = arms.index(arm)
+                    out = tmp / (f"keep-{k}" if r == 0 else f"run-{k}-{r}")
+                    res = featprune_arm(model, out, common, args.batch_size, arm["dtype"], arm["src"])
+                    results[arm["name"]].append(res)
+                    if r == 0:
+                        digests[arm["name"]] = mask_digest(out)
+                    else:
+                        shutil.rmtree(out, ignore_errors=True)
+                name = arm if isinstance(arm, str) else arm["name"]
+                print(f"[{r}] {name}: {res['wall_s']:.1f} s (load {res['load']:.1f})", file=sys.stderr, flush=True)
+            loads.append(os.getloadavg()[0])
+        for k, arm in enumerate(arms[1:], 1):
+            if digests[arm["name"]] != digests["featprune"]:
+                agreement[arm["name"]] = mask_agreement(first_out, tmp / f"keep-{k}")
 
     gib = 2**30
-    model_bytes = (model / "model.safetensors").stat().st_size
-    rows = [("naive in-memory (reference)", naive), ("streamed engine", streamed)]
-    table = ["| arm | wall s (process) | wall s (in-process) | peak RSS GiB |", "|---|---:|---:|---:|"]
-    for name, r in rows:
-        table.append(f"| {name} | {r['wall_s']:.1f} | {r['inner_s']:.1f} | {r['peak_rss_bytes'] / gib:.2f} |")
-    speed = naive["wall_s"] / streamed["wall_s"]
-    mem = streamed["peak_rss_bytes"] / naive["peak_rss_bytes"]
-    verdict = [
-        f"- speed: streamed is {speed:.2f}x the naive reference's speed (target >= 1: "
-        f"{'met' if speed >= 1 else 'NOT met'})",
-        f"- memory: streamed peak RSS is {mem:.2f} of the naive one (target <= 0.5: "
-        f"{'met' if mem <= 0.5 else 'NOT met'}); model file {model_bytes / gib:.2f} GiB",
-        f"- masks: {agree * 100:.3f}% of entries agree between the two outputs",
-    ]
-    body = "\n".join([
-        f"Gemma 3 270M (fp32 safetensors, {model_bytes / 1e9:.2f} GB), CPU, {args.nsamples} gettext translation "
+    fp = results["featprune"]
+    floor = _median([x["floor_s"] for x in results["floor"]])
+    tokens = fp[0]["tokens"]
+    cmd = " ".join(["python bench/bench_engine.py", *(argv if argv is not None else sys.argv[1:])])
+    lines = [
+        f"Command: `{cmd}`.",
+        f"{args.model} ({model.name}), {args.device}, {args.nsamples} gettext {args.shots}-shot translation "
         f"demonstrations cut to <= {args.seqlen} tokens ({tokens} tokens), {args.sparsity:.0%} unstructured Wanda, "
-        f"batch size 1. Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine}.",
-        "Each arm is a fresh process; peak RSS is its VmHWM (tokenizer included: Gemma's 262k-token tokenizer "
-        "alone peaks near 0.45 GiB on load).",
-        "", *table, "", *verdict])
+        f"--batch-size {args.batch_size} (resolved: {fp[0]['batch_size']}), compute dtype "
+        f"{args.dtype or 'storage'}. Medians of {args.repeats} interleaved repeats. Measured "
+        f"{time.strftime('%Y-%m-%d %H:%M')} on {machine}; load average during the runs "
+        f"{min(loads):.1f}-{max(loads):.1f}.",
+        "",
+        "| arm | wall s | x floor | masks vs featprune | peak RSS GiB |",
+        "|---|---:|---:|---|---:|",
+        f"| floor: 2 plain forward passes of every block (model in memory; pass 1 / pass 2 "
+        f"{_median([x['pass_s'][0] for x in results['floor']]):.1f} / "
+        f"{_median([x['pass_s'][1] for x in results['floor']]):.1f} s) | {floor:.1f} | 1.00 | | "
+        f"{_median([x['peak_rss_bytes'] for x in results['floor']]) / gib:.2f} |",
+    ]
+    for arm in arms:
+        rs = results[arm["name"]]
+        wall = _median([x["wall_s"] for x in rs])
+        masks = ("(reference)" if arm["name"] == "featprune" else
+                 "identical (same digest)" if digests[arm["name"]] == digests["featprune"] else
+                 f"{agreement[arm['name']] * 100:.3f}% of entries agree")
+        lines.append(f"| {arm['name']} end to end (process) | {wall:.1f} | {wall / floor:.2f} | {masks} | "
+                     f"{_median([x['peak_rss_bytes'] for x in rs]) / gib:.2f} |")
+    if results["naive"]:
+        wall = _median([x["wall_s"] for x in results["naive"]])
+        lines.append(f"| naive in-memory Wanda (process) | {wall:.1f} | {wall / floor:.2f} | "
+                     f"{agreement['naive'] * 100:.3f}% of entries agree | "
+                     f"{_median([x['peak_rss_bytes'] for x in results['naive']]) / gib:.2f} |")
+    lines += ["", "Per phase (median seconds; read and write are busy time on the prefetch and writer threads, "
+                  "overlapping the main thread, whose waits on them are wait_read and wait_write; startup = "
+                  "process wall minus featprune's own total: interpreter, imports, tokenizer, calibration):", ""]
+    header = "| phase | " + " | ".join(a["name"] for a in arms) + " |"
+    lines += [header, "|---|" + "---:|" * len(arms)]
+    for ph in PHASE_ORDER:
+        vals = [_median([x["phases"].get(ph) for x in results[a["name"]]]) for a in arms]
+        label = ph[:-2] + (" (background)" if ph in BACKGROUND else "")
+        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    main_sum = [_median([sum(v for k, v in x["phases"].items() if k not in BACKGROUND) for x in results[a["name"]]])
+                for a in arms]
+    lines.append("| main thread + startup (sum) | " + " | ".join(f"{v:.2f}" for v in main_sum) + " |")
+    body = "\n".join(lines)
     print(body)
+    print(json.dumps({"digests": digests, "agreement": agreement}), file=sys.stderr)
     if not args.no_write:
-        update_results("Gemma 3 270M on CPU: streamed vs naive", body)
+        update_results(f"Floor: {args.model} on {args.device}", body)
         print(f"\nupdated {RESULTS}")
     return 0
 

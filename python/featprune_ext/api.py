@@ -7,17 +7,19 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .data.presets import PAPER_PRESET, PRESETS
 from .errors import InputError
 
-__all__ = ["build_method", "prune"]
+__all__ = ["PAPER_PRESET", "PRESETS", "build_method", "prune"]
 
 PathLike = Union[str, os.PathLike]
 
 
 def build_method(method: str = "wanda", *, calib: Optional[str] = None, contrast: Optional[str] = None,
-                 protect_top: float = 0.0, protect_absmax: Optional[float] = None, seed: int = 0):
+                 protect_top: float = 0.0, protect_absmax: Optional[float] = None, seed: int = 0,
+                 sparsegpt_damp: float = 0.01, sparsegpt_blocksize: int = 128):
     """The PruneMethod for `method` plus the paper's options: `contrast` (norm = base * base /
-    contrast, implies the contrastive method) and outlier protection."""
+    contrast, implies the contrastive method) and outlier protection; SparseGPT's dampening and block size."""
     from .methods import OutlierProtection, get_method, parse_spec_components
 
     protection = OutlierProtection(top_percent=protect_top, absmax_threshold=protect_absmax)
@@ -32,7 +34,21 @@ def build_method(method: str = "wanda", *, calib: Optional[str] = None, contrast
     if method == "contrastive":
         raise InputError("--method contrastive needs --contrast SPEC (e.g. --contrast code)")
     return get_method(method, seed=seed, protection=protection,
-                      base_buckets=parse_spec_components(calib) if calib else None)
+                      base_buckets=parse_spec_components(calib) if calib else None,
+                      sparsegpt_damp=sparsegpt_damp, sparsegpt_blocksize=sparsegpt_blocksize)
+
+
+def _layerwise(layerwise, owl_m, owl_lambda, method, sparsity, pattern):
+    """None, or the methods.OWL for `layerwise="owl"` (checked against the method and pattern)."""
+    from .methods import OWL
+
+    if layerwise is None:
+        return None
+    if layerwise != "owl":
+        raise InputError(f"--layerwise must be owl, got {layerwise!r}")
+    owl = OWL(m=owl_m, lam=owl_lambda)
+    owl.check(method, sparsity, pattern)
+    return owl
 
 
 def _calibration(model_dir: Path, method, *, calib, calib_texts, contrast, data, nsamples, seqlen, shots, seed):
@@ -69,15 +85,26 @@ def _calibration(model_dir: Path, method, *, calib, calib_texts, contrast, data,
 def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", sparsity: Optional[float] = None,
           pattern: Optional[Union[str, Sequence[int]]] = None, calib: Optional[str] = None,
           calib_texts: Optional[PathLike] = None, data: Optional[PathLike] = None, contrast: Optional[str] = None,
-          nsamples: int = 128, seqlen: Optional[int] = None, shots: int = 4, seed: int = 0,
+          nsamples: Optional[int] = None, seqlen: Optional[int] = None, shots: Optional[int] = None, seed: int = 0,
           protect_top: float = 0.0, protect_absmax: Optional[float] = None, device: str = "cpu",
-          batch_size: int = 1, dtype: Optional[str] = None, resume: bool = False, progress: bool = True,
-          dist=None) -> dict:
+          batch_size: Union[int, str] = "auto", dtype: Optional[str] = None, resume: bool = False,
+          progress: bool = True,
+          dist=None, targets: Union[str, Sequence[str], None] = None, ignore: Union[str, Sequence[str], None] = None,
+          preset: Optional[str] = None, sparsegpt_damp: float = 0.01, sparsegpt_blocksize: int = 128,
+          layerwise: Optional[str] = None, owl_m: float = 5.0, owl_lambda: float = 0.08) -> dict:
     """Prune every linear of every transformer block of a local Hugging Face model, one block at a time.
 
     model_dir: folder with config.json, *.safetensors and the tokenizer; never modified.
     out_dir: the pruned model's folder; must not exist. Built in `OUT.partial/` and renamed at the end.
-    method: "wanda" (|W| * RMS of the inputs), "contrastive", "magnitude" or "random".
+    method: "wanda" (|W| * RMS of the inputs), "contrastive", "magnitude", "random" or "sparsegpt"
+        (Frantar & Alistarh 2023: OBS mask selection and updates of the kept weights from the inputs'
+        Hessian 2 X^T X / n; methods/sparsegpt.py).
+    sparsegpt_damp: SparseGPT's dampening, a fraction of the Hessian's mean diagonal added to it (default 0.01);
+        sparsegpt_blocksize: columns per lazy-update block (default 128; a multiple of M for N:M).
+    layerwise: "owl" for OWL's per-block sparsity (Yin et al. 2024): blocks with more outlier Wanda scores
+        (above owl_m x their mean, default 5) are pruned less, spread over [s - owl_lambda, s + owl_lambda]
+        (default 0.08) and shifted so the parameter-weighted mean is `sparsity`. Costs one extra dense pass
+        over the model (engine/layerwise.py); with wanda, contrastive or sparsegpt; not with `pattern`.
     sparsity: fraction of each row's entries set to zero, in [0, 1) (exactly floor(in_features * sparsity)).
     pattern: N:M semi-structured sparsity instead, "2:4" or (2, 4): N kept in every M consecutive inputs.
     calib: the paper's demonstrations, e.g. "mt:fr-en" (4-shot French->English), "mono:fr", "code",
@@ -85,11 +112,22 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
     calib_texts: instead of `calib`, a JSONL file of {"text": ...} objects (optional "bucket").
     data: corpus folder for `calib` (FLORES-200, TSV/JSONL, saved HF dataset, `featprune data gettext`).
     contrast: contrast set spec (e.g. "code"): norm = base * base / contrast (the paper's refinement).
-    nsamples: calibration samples per spec component; seqlen: tokens per sample (default min(2048, model
-        limit)); shots: demonstrations per sample; seed: sample selection and random-mask seed.
+    nsamples: calibration samples, split across the spec's components (default 128); seqlen: tokens per
+        sample (default min(2048, model limit)); shots: demonstrations per sample (default 4); seed: sample
+        selection and random-mask seed. None means "the preset's value, else the default".
+    preset: "paper" (PAPER_PRESET: 100 samples, 4 shots, 512 tokens, X->English demonstrations, FLORES dev
+        split): fills nsamples/shots/seqlen left at None; explicit values win. Recorded in featprune.json,
+        with any departure from the paper's design (also a warning). See data/presets.py.
+    targets / ignore: which matrices to prune, a pattern or a list of them: a module class name of the
+        model ("Linear", "Conv1D", "LlamaAttention") or a regular expression matched with re.fullmatch
+        against the matrix's checkpoint name without ".weight" ("model.layers.0.self_attn.q_proj",
+        ".*down_proj"). Default targets: every Linear/Conv1D in the blocks except MoE routers. A pattern
+        that matches nothing is an InputError listing what exists; skipped matrices are copied unchanged
+        and listed in featprune.json ("skipped", also per layer). See engine/select.py.
     protect_top: percent of input features (by RMS) never pruned in matrices reading the hidden state.
     protect_absmax: never prune input features whose max |x| reaches this value (LLM.int8() used 6.0).
-    device: "cpu" or "cuda"; batch_size: calibration samples per forward pass.
+    device: "cpu" or "cuda"; batch_size: calibration samples per forward pass, or "auto" (default: from the
+        memory available, engine/batches.py auto_batch_size; the size used is in featprune.json).
     dtype: dtype of the forward passes, "float32", "bfloat16" or "float16" (default: the checkpoint's
         storage dtype); statistics are accumulated in fp32/fp64 and weights written in their stored dtype.
     resume: continue an interrupted run from `OUT.partial/`; progress: show a progress bar on stderr.
@@ -100,25 +138,39 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
     Raises InputError on bad input (nothing complete-looking is left behind) and DiskFullError when
     the output disk fills up (free space and rerun with resume=True).
     """
-    from .engine import prune_model, validate_pattern
+    from .data.presets import resolve_settings
+    from .engine import ModelSkeleton, prune_model, validate_pattern
     from .engine.checkpoint import Checkpoint
-
     from .engine.run import parse_dtype
+    from .engine.select import Selection
 
     sparsity, pattern = validate_pattern(sparsity, pattern)
     parse_dtype(dtype)  # a bad name fails before any work
+    select = Selection.of(targets, ignore)
     if str(device).split(":")[0] not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
     pruner = build_method(method, calib=calib, contrast=contrast, protect_top=protect_top,
-                          protect_absmax=protect_absmax, seed=seed)
+                          protect_absmax=protect_absmax, seed=seed, sparsegpt_damp=sparsegpt_damp,
+                          sparsegpt_blocksize=sparsegpt_blocksize)
+    pruner.check_pattern(*(pattern or (0, 0)))
+    owl = _layerwise(layerwise, owl_m, owl_lambda, pruner, sparsity, pattern)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.exists():
         raise InputError(f"{out_dir} already exists; refusing to overwrite it (choose another --out or delete it)")
-    Checkpoint(model_dir).close()  # fails fast on a missing or corrupt model directory
+    ckpt = Checkpoint(model_dir)  # fails fast on a missing or corrupt model directory
+    try:
+        if not select.is_default:  # patterns are checked against the model before any calibration work
+            select.resolve(ModelSkeleton(ckpt))
+    finally:
+        ckpt.close()
+    settings = resolve_settings(preset, nsamples=nsamples, shots=shots, seqlen=seqlen, calib=calib,
+                                calib_texts=calib_texts, data=data)
     calibration = None
     if pruner.needs_calibration:
         calibration = _calibration(model_dir, pruner, calib=calib, calib_texts=calib_texts, contrast=contrast,
-                                   data=data, nsamples=nsamples, seqlen=seqlen, shots=shots, seed=seed)
+                                   data=data, nsamples=settings.nsamples, seqlen=settings.seqlen,
+                                   shots=settings.shots, seed=seed)
     return prune_model(model_dir, out_dir, calibration=calibration, method=pruner, sparsity=sparsity,
                        pattern=pattern, device=device, batch_size=batch_size, resume=resume, progress=progress,
-                       dist=dist, dtype=dtype)
+                       dist=dist, dtype=dtype, select=select, notes={"preset": settings.record},
+                       layerwise=owl)

@@ -174,19 +174,22 @@ def accumulate_hessian(
     count: torch.Tensor,
     *,
     token_mask: torch.Tensor | None = None,
+    workspace: torch.Tensor | None = None,
 ) -> None:
     """hessian += X^T X over the counted tokens of x (rows = tokens); count += their number.
 
     x: [..., F] float32/float16/bfloat16. hessian: float32 or float64 [F, F], contiguous;
     count: int64 [1]. token_mask: bool/uint8 of shape x.shape[:-1]; 0 marks padding, which
     is skipped. This is SparseGPT's (unscaled) Hessian sum: H = 2 * hessian / count.
+    workspace: optional fp32 [F, F] buffer for the float64 case (else one is allocated per call).
 
     A documented torch matmul, not a native kernel: the product is one GEMM (BLAS sgemm on
-    CPU, cuBLAS on CUDA) that already runs at the machine's peak, which a hand-written kernel
-    would only approach (bench/RESULTS.md, "Hessian accumulation"). The product is always
-    formed in fp32 (inputs upcast): into `hessian` directly when it is float32 (addmm, no
-    temporary), or into an fp32 [F, F] temporary that is then added to a float64 `hessian`
-    (the batch-order-independent variant, twice the memory).
+    CPU, cuBLAS on CUDA) that already runs near the machine's peak, which a hand-written
+    kernel would only approach (bench/RESULTS.md, "Hessian accumulation"). The product is
+    always formed in fp32 (inputs upcast): added into a float32 `hessian` by the GEMM itself
+    (addmm), or formed in `workspace` and added to a float64 `hessian`: each batch's fp32 sum
+    is then added exactly in practice, so the total does not depend on the batch order or on
+    how batches were split among ranks (what the engine uses).
     """
     _check_tensor("x", x, dtypes=_FLOAT_DTYPES)
     if x.dim() < 1:
@@ -198,8 +201,10 @@ def accumulate_hessian(
     _check_tensor("count", count, dtypes=(torch.int64,), device=device, shape=(1,))
     if token_mask is not None:
         _check_tensor("token_mask", token_mask, dtypes=(torch.bool, torch.uint8), device=device, shape=x.shape[:-1])
-    for name, t in (("hessian", hessian), ("count", count)):
-        if not t.is_contiguous():
+    if workspace is not None:
+        _check_tensor("workspace", workspace, dtypes=(torch.float32,), device=device, shape=(features, features))
+    for name, t in (("hessian", hessian), ("count", count), ("workspace", workspace)):
+        if t is not None and not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous (it is an accumulator written in place)")
     rows = x.reshape(-1, features)
     if token_mask is not None:
@@ -210,7 +215,7 @@ def accumulate_hessian(
     if hessian.dtype == torch.float32:
         hessian.addmm_(rows.t(), rows)
     else:
-        hessian += torch.mm(rows.t(), rows)
+        hessian += torch.mm(rows.t(), rows, out=workspace) if workspace is not None else torch.mm(rows.t(), rows)
     count += rows.shape[0]
 
 

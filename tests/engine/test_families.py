@@ -13,7 +13,10 @@ from featprune_ext.engine.families import BLOCK_LIST_PATHS, find_blocks, max_pos
 from tiny_models import FAMILIES, TEXTS
 
 EXPECTED_LINEARS = {"llama": 7, "gemma3": 7, "qwen2": 7, "mistral": 7, "gpt2": 4, "bloom": 4, "xglm": 6,
-                    "opt": 6, "gpt_neox": 4}
+                    "opt": 6, "gpt_neox": 4,
+                    # MoE: attention + 5 experts x (gate, up, down), unfused per expert (engine/moe.py);
+                    # Qwen2-MoE adds a shared expert (3) and its gate (a router, not pruned by default)
+                    "mixtral": 19, "qwen2_moe": 23, "qwen3_moe": 19}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -52,7 +52,22 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                               word_embed_proj_dim=32, max_position_embeddings=128)),
     "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                        num_attention_heads=4, max_position_embeddings=128)),
+    # Mixture-of-experts: 5 experts, top-2 routing. transformers 5 fuses the experts into 3-D
+    # parameters in memory; save_pretrained writes them one matrix per expert (the Hub layout).
+    "mixtral": ("MixtralConfig", dict(hidden_size=32, intermediate_size=32, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, num_local_experts=5,
+                                      num_experts_per_tok=2, max_position_embeddings=128)),
+    "qwen2_moe": ("Qwen2MoeConfig", dict(hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                                         shared_expert_intermediate_size=32, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2, num_experts=5,
+                                         num_experts_per_tok=2, max_position_embeddings=128)),
+    "qwen3_moe": ("Qwen3MoeConfig", dict(hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                         head_dim=8, num_experts=5, num_experts_per_tok=2,
+                                         max_position_embeddings=128)),
 }
+MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe")
+DENSE_FAMILIES = tuple(f for f in FAMILIES if f not in MOE_FAMILIES)
 
 
 def build_tokenizer(out_dir: Path, vocab_size: int = VOCAB):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import featprune_ext
 
 
@@ -40,6 +42,7 @@ def test_kernels_exported_from_package_and_ops():
     assert featprune_ext.accumulate_stats is ops.accumulate_stats
 
 
+@pytest.mark.no_native_check  # the fallback itself is under test
 def test_falls_back_to_reference_without_native(monkeypatch):
     import warnings
 

@@ -67,6 +67,7 @@ def fresh_verdict(monkeypatch):
     monkeypatch.setattr(ops, "_driver_verdict", [])
 
 
+@pytest.mark.no_native_check  # a fake native module, and no kernel call
 def test_first_cuda_call_raises_for_old_driver(monkeypatch, fresh_verdict):
     fake = _FakeNative(13000, 12040)
     monkeypatch.setattr(ops, "native", fake)
@@ -77,6 +78,7 @@ def test_first_cuda_call_raises_for_old_driver(monkeypatch, fresh_verdict):
     assert ops._use_native(torch.device("cpu"))  # the CPU kernels are unaffected
 
 
+@pytest.mark.no_native_check  # a fake native module, and no kernel call
 def test_cuda_call_with_good_driver_proceeds(monkeypatch, fresh_verdict):
     fake = _FakeNative(13000, 13000)
     monkeypatch.setattr(ops, "native", fake)
@@ -85,6 +87,7 @@ def test_cuda_call_with_good_driver_proceeds(monkeypatch, fresh_verdict):
     assert fake.calls == 1
 
 
+@pytest.mark.no_native_check  # a fake native module, and no kernel call
 def test_cpu_calls_never_ask_the_driver(monkeypatch, fresh_verdict):
     fake = _FakeNative(13000, 0)
     monkeypatch.setattr(ops, "native", fake)

@@ -76,6 +76,13 @@ def test_cols_not_multiple_of_m():
     assert_prune_rejected(torch.randn(3, 10), torch.ones(10), ValueError, "not a multiple of m=4", n=2, m=4)
 
 
+def test_m_above_64():
+    # N:M groups are ranked in a small fixed-size buffer (O(m^2), m <= 64): larger m is refused up front
+    for m in (65, 128):
+        assert_prune_rejected(torch.randn(3, 2 * m), torch.ones(2 * m), ValueError, "m must be at most 64", n=2, m=m)
+    ops.prune_rows_(torch.randn(3, 128), torch.ones(128), n=32, m=64)  # 64 itself is fine
+
+
 def test_n_greater_than_m(weight):
     assert_prune_rejected(weight, torch.ones(8), ValueError, "0 <= n <= m", n=5, m=4)
 

@@ -68,14 +68,14 @@ def main(argv=None) -> int:
         print("featprune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except InputError as exc:
-        code, msg = EXIT_USAGE, str(exc)
+        code, msg, error = EXIT_USAGE, str(exc), exc
     except DiskFullError as exc:
-        code, msg = EXIT_FAILURE, exc.strerror or str(exc)
+        code, msg, error = EXIT_FAILURE, exc.strerror or str(exc), exc
     except FeatpruneError as exc:  # a runtime failure featprune already explained (e.g. BlockError)
-        code, msg = EXIT_FAILURE, str(exc)
+        code, msg, error = EXIT_FAILURE, str(exc), exc
     except Exception as exc:  # a runtime failure: one line unless -v
-        code, msg = EXIT_FAILURE, f"{type(exc).__name__}: {exc}"
-    if args.verbose:
-        traceback.print_exc()
+        code, msg, error = EXIT_FAILURE, f"{type(exc).__name__}: {exc}", exc
+    if args.verbose:  # outside the except block print_exc() has nothing to print: pass the exception
+        traceback.print_exception(type(error), error, error.__traceback__)
     print(f"featprune: error: {msg}", file=sys.stderr)
     return code

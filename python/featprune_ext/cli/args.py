@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["fraction", "positive_int"]
+__all__ = ["batch_size", "fraction", "positive_int"]
 
 
 def fraction(text: str) -> float:
@@ -15,6 +15,13 @@ def fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
+
+
+def batch_size(text: str):
+    """A positive integer or "auto" (--batch-size)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return positive_int(text)
 
 
 def positive_int(text: str) -> int:

@@ -64,6 +64,9 @@ class DistContext:
             for t in tensors:
                 by_dtype.setdefault(t.dtype, []).append(t)
             for group in by_dtype.values():
+                if len(group) == 1 and group[0].is_contiguous():  # in place: no copy (e.g. a Hessian)
+                    dist.all_reduce(group[0], op=op)
+                    continue
                 flat = torch.cat([t.reshape(-1) for t in group])
                 dist.all_reduce(flat, op=op)
                 offset = 0

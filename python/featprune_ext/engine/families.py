@@ -14,7 +14,8 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["BLOCK_LIST_PATHS", "PrunableLinear", "find_blocks", "max_positions", "prunable_linears"]
+__all__ = ["BLOCK_LIST_PATHS", "ROUTER_NAMES", "PrunableLinear", "find_blocks", "is_router", "max_positions",
+           "prunable_linears"]
 
 # Attribute paths of the block list, most common first: Llama/Mistral/Qwen/Gemma (model.layers),
 # GPT-2/mGPT/BLOOM (transformer.h), OPT/XGLM-style decoders (model.decoder.layers),
@@ -29,6 +30,10 @@ BLOCK_LIST_PATHS = (
     "transformer.layers",
     "transformer.blocks",
 )
+
+# Last name component of mixture-of-experts routers: Mixtral's block_sparse_moe.gate, Qwen-MoE's
+# mlp.gate and mlp.shared_expert_gate, routers named "router". Never pruned unless --targets names them.
+ROUTER_NAMES = frozenset({"gate", "router", "shared_expert_gate"})
 
 _CONFIG_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
@@ -94,6 +99,12 @@ def prunable_linears(block: nn.Module) -> list[PrunableLinear]:
         elif conv1d and isinstance(module, conv1d):
             found.append(PrunableLinear(name, module, transposed=True))
     return found
+
+
+def is_router(name: str, module: nn.Module | None = None) -> bool:
+    """True for an MoE router/gate matrix, by its module name (or a class named *Router)."""
+    leaf = name.removesuffix(".weight").rsplit(".", 1)[-1]
+    return leaf in ROUTER_NAMES or (module is not None and type(module).__name__.endswith("Router"))
 
 
 def max_positions(config) -> int | None:

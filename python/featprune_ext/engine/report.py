@@ -29,13 +29,20 @@ def numel(shape) -> int:
 
 def format_report_table(report: dict) -> str:
     """The per-layer summary printed at the end of `featprune prune`."""
-    lines = [f"{'block':>5}  {'sparsity':>8}  {'time s':>7}  {'peak RSS GiB':>12}"]
+    layerwise = bool(report.get("layerwise"))  # OWL: each block's own target next to what it got
+    target = f"  {'target':>8}" if layerwise else ""
+    lines = [f"{'block':>5}{target}  {'sparsity':>8}  {'time s':>7}  {'peak RSS GiB':>12}"]
     for r in report["layers"]:
-        lines.append(f"{r['index']:>5}  {r['sparsity']:>8.4f}  {r['time_s']:>7.2f}  "
+        target = f"  {r.get('target_sparsity', float('nan')):>8.4f}" if layerwise else ""
+        lines.append(f"{r['index']:>5}{target}  {r['sparsity']:>8.4f}  {r['time_s']:>7.2f}  "
                      f"{r['peak_rss_bytes'] / 2**30:>12.2f}")
     t = report["timings"]
     lines.append(f"total: {report['overall_sparsity']:.4f} sparsity over {report['prunable_params']:,} weights, "
                  f"{t['total_s']:.1f} s, peak RSS {report['peak_rss_bytes'] / 2**30:.2f} GiB")
+    if layerwise:
+        lw = report["layerwise"]
+        lines.append(f"layer-wise sparsity: OWL (M={lw['m']:g}, lambda={lw['lambda']:g}), dense pass "
+                     f"{lw['time_s']:.1f} s")
     if report.get("peak_cuda_bytes") is not None:
         lines.append(f"peak CUDA memory {report['peak_cuda_bytes'] / 2**30:.2f} GiB")
     return "\n".join(lines)

@@ -32,14 +32,25 @@ from ..data.calibration_set import CalibrationSet
 from ..errors import BlockError, InputError, NonFiniteError
 from ..files import atomic_save_torch, atomic_write_json, fsync_dir
 from ..methods import PruneMethod
-from .batches import make_batches, pad_id_for, validate_pattern
+from .batches import (
+    AUTO,
+    auto_batch_size,
+    block_activation_bytes,
+    make_batches,
+    pad_id_for,
+    parse_batch_size,
+    validate_pattern,
+)
 from .capture import capture_block_calls
 from .checkpoint import Checkpoint, RawTensor, write_index, write_safetensors
 from .distributed import DistContext
+from .hessian import check_finite_hessians, collect_hessians
+from .layerwise import owl_pass
 from .lock import RunLock
+from .moe import prune_matrix, warn_fallbacks
 from .report import numel, peak_rss_bytes
-from .resume import (PROGRESS_NAME, REPORT_NAME, BackgroundWriter, copy_side_files, partial_dir,
-                     run_fingerprint)
+from .resume import PROGRESS_NAME, REPORT_NAME, BackgroundWriter, copy_side_files, partial_dir, run_fingerprint
+from .select import Selection
 from .skeleton import ModelSkeleton
 from .stats import collect_stats
 from .timing import PhaseTimer
@@ -65,7 +76,8 @@ def _die_if_asked(phase: str, i: int) -> None:
 def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, method: PruneMethod,
                 sparsity: float | None = None, pattern=None, device="cpu", batch_size: int = 1,
                 resume: bool = False, progress: bool = True, dist: DistContext | None = None,
-                dtype: torch.dtype | str | None = None) -> dict:
+                dtype: torch.dtype | str | None = None, select: Selection | None = None,
+                notes: dict | None = None, layerwise=None) -> dict:
     """Prune every linear of every block of the model in `model_dir`; write it to `out_dir`.
 
     pattern: (n, m) or "n:m" for N:M sparsity instead of `sparsity`. Returns the report also
@@ -77,10 +89,16 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
     dtype: dtype of the forward passes (default: the checkpoint's storage dtype). Statistics are
     accumulated in fp32/fp64 whatever it is; weights are pruned and written in their stored dtype.
     One run per output: an advisory lock on OUT.lock is held throughout (lock.py).
+    select: which matrices to prune (select.py; default: all but MoE routers); notes: extra report entries.
+    layerwise: a methods.OWL for per-block sparsities (a dense statistics pass first: layerwise.py).
     """
     dist = dist or DistContext()
     t_start = time.perf_counter()
     sparsity, pattern = validate_pattern(sparsity, pattern)
+    batch_size = parse_batch_size(batch_size)  # a positive int or "auto" (batches.auto_batch_size)
+    method.check_pattern(*(pattern or (0, 0)))
+    if layerwise is not None:
+        layerwise.check(method, sparsity, pattern)
     compute_dtype = parse_dtype(dtype)
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
@@ -102,7 +120,8 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
         ckpt = Checkpoint(model_dir)
         try:
             return _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device,
-                                 batch_size, progress, dist, compute_dtype, t_start)
+                                 batch_size, progress, dist, compute_dtype, t_start, select or Selection(), notes,
+                                 layerwise)
         finally:
             ckpt.close()
 
@@ -121,9 +140,11 @@ def parse_dtype(dtype) -> torch.dtype | None:
 
 
 def _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device, batch_size,
-                  progress, dist, compute_dtype, t_start) -> dict:
+                  progress, dist, compute_dtype, t_start, select, notes, layerwise=None) -> dict:
     skel = ModelSkeleton(ckpt, compute_dtype)
-    run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress, dist)
+    run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress, dist, select,
+               layerwise)
+    run.notes = notes or {}
     fresh = dist.broadcast_object(not part.exists())  # every rank checked before rank 0 creates it
     try:
         if fresh:
@@ -157,10 +178,12 @@ class _Run:
     """One pruning run: the block loop, its writer and its progress record."""
 
     def __init__(self, skel: ModelSkeleton, part: Path, calibration, method: PruneMethod, sparsity, pattern,
-                 device: torch.device, batch_size: int, progress: bool, dist: DistContext):
+                 device: torch.device, batch_size: int, progress: bool, dist: DistContext, select: Selection,
+                 layerwise=None):
         self.skel, self.ckpt, self.part, self.dist = skel, skel.ckpt, part, dist
         self.calibration, self.method, self.device = calibration, method, device
         self.sparsity, self.pattern, self.batch_size, self.progress = sparsity, pattern, batch_size, progress
+        self.batch_request = batch_size  # "auto" is resolved below; a resumed run reuses the resolved size
         self.n, self.m = pattern or (0, 0)
         if method.needs_calibration:
             if calibration is None:
@@ -169,16 +192,24 @@ class _Run:
                 raise InputError(f"calibration samples have {calibration.max_len} tokens, above the model's limit "
                                  f"of {skel.max_positions} positions: lower --seqlen")
             method.prepare(list(calibration.bucket_names))
+        self.selection = select.resolve(skel)  # InputError before any work when a pattern matches nothing
         for i in range(skel.num_blocks):
-            for pl in skel.prunable(i):
+            for pl in self.selection.pruned(i):
                 if self.m and pl.in_features % self.m:
                     raise InputError(f"{skel.block_prefix[i]}{pl.param_name} has {pl.in_features} input features, "
                                      f"not a multiple of M={self.m}: the {self.n}:{self.m} pattern cannot apply")
+        if batch_size == AUTO:
+            self.batch_size = self._auto_batch_size() if method.needs_calibration else 1
         self.fingerprint = run_fingerprint(skel, calibration, method, sparsity, pattern, batch_size, device)
         if skel.dtype != skel.storage_dtype:  # the compute dtype changes the statistics, so the masks
             self.fingerprint += f"-{str(skel.dtype).replace('torch.', '')}"
+        if not select.is_default:
+            self.fingerprint += f"-select{select.fingerprint()}"
         if dist.enabled:  # a resumed run must split the batches the same way
             self.fingerprint += f"-world{dist.world_size}"
+        self.layerwise, self.layerwise_info = layerwise, None  # OWL: settings; ratios and per-block targets
+        if layerwise is not None:
+            self.fingerprint += f"-{layerwise.fingerprint()}"
         self.prog_path = part / PROGRESS_NAME
         self.start_block, self.layers, self.shard0_done, self.act_file = 0, [], False, None
         self.finalized = False
@@ -191,7 +222,8 @@ class _Run:
     def save_progress(self, blocks_done: int, act_file: str | None) -> None:
         atomic_write_json(self.prog_path, {"fingerprint": self.fingerprint, "blocks_done": blocks_done,
                                            "shard0_done": self.shard0_done, "layers": self.layers,
-                                           "activations": act_file})
+                                           "activations": act_file, "layerwise": self.layerwise_info,
+                                           "batch_size": self.batch_size})
 
     def load_progress(self) -> None:
         if not self.prog_path.exists() and (self.part / REPORT_NAME).exists():
@@ -207,6 +239,15 @@ class _Run:
         self.start_block, self.layers = prog["blocks_done"], prog["layers"]
         self.shard0_done, self.act_file = prog["shard0_done"], prog.get("activations")
         self.resumed_from = self.start_block
+        if self.batch_request == AUTO and isinstance(prog.get("batch_size"), int):
+            self.batch_size = prog["batch_size"]  # the same batches as before the interruption
+        self.layerwise_info = prog.get("layerwise")  # a resumed run keeps its per-block targets
+
+    def _auto_batch_size(self) -> int:
+        """--batch-size auto: from the memory available now (batches.auto_batch_size); rank 0 decides."""
+        token_bytes, position_bytes = block_activation_bytes(self.skel.blocks[0], self.skel.config, self.skel.dtype)
+        size = auto_batch_size(self.calibration, token_bytes, position_bytes, self.device, self.dist.world_size)
+        return int(self.dist.broadcast_object(size))
 
     # -- writer jobs (run on the writer thread, one at a time) --
     def _write_shard0(self) -> None:
@@ -289,6 +330,11 @@ class _Run:
         batches, calls, hidden = [], [], []
         if method.needs_calibration and self.start_block < skel.num_blocks:
             batches, calls, hidden = self._prepare_inputs()
+            if self.layerwise is not None and self.layerwise_info is None:  # OWL's dense pass, then block 0
+                hidden = owl_pass(self, self.layerwise, batches, calls, hidden)
+                self.timer.add("owl_pass_s", self.layerwise_info["time_s"])
+                if self.dist.is_writer:
+                    self.save_progress(0, None)
         writer = BackgroundWriter()
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featprune-prefetch")
         die_after = os.environ.get(_DIE_ENV)
@@ -345,16 +391,21 @@ class _Run:
             stream.wait_event(event)
             for t in tensors.values():  # allocated on the copy stream, used and freed on this one
                 t.record_stream(stream)
-        linears = skel.prunable(i)
+        linears = self.selection.pruned(i)  # the others are copied unchanged, like norms
         # Forward passes in another dtype than the stored one: prune the stored-precision weights
         # (so kept weights are written back bit for bit) and refresh the module's copy afterwards.
-        keys = {skel.block_prefix[i] + pl.param_name for pl in linears}
+        keys = {skel.block_key(i, pl.param_name) for pl in linears}
         originals = {k: t for k, t in tensors.items() if k in keys and t.dtype != skel.dtype}
         with self.timer.phase("attach_s"):
             block = skel.attach_block(i, tensors, device, skel.dtype)
         del tensors
         stats = {}
-        if method.needs_calibration:
+        if method.needs_calibration and method.statistics == "hessian":  # SparseGPT
+            with self.timer.phase("stats_s", sync=True):
+                stats = collect_hessians(block, linears, calls[i], hidden, batches, self.calibration.bucket_names,
+                                         method.base_buckets, device, self.dist)
+                check_finite_hessians(skel.block_prefix[i], i, stats, skel.dtype)
+        elif method.needs_calibration:
             with self.timer.phase("stats_s", sync=True):
                 stats = collect_stats(block, linears, calls[i], hidden, batches, self.calibration.bucket_names,
                                       device)
@@ -376,7 +427,9 @@ class _Run:
         params = sum(numel(v["shape"]) for v in matrices.values())
         zeros = sum(v["sparsity"] * numel(v["shape"]) for v in matrices.values())
         report = {"index": i, "time_s": 0.0, "sparsity": zeros / max(params, 1), "params": params,
-                  "matrices": matrices, "peak_rss_bytes": peak_rss_bytes()}
+                  "matrices": matrices, "skipped": self.selection.skipped[i], "peak_rss_bytes": peak_rss_bytes()}
+        if self.layerwise_info:
+            report["target_sparsity"] = self.layerwise_info["target_sparsity"][i]
         if device.type == "cuda":
             report["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
         return hidden, next_hidden, entries, report
@@ -410,22 +463,25 @@ class _Run:
     def _prune_block(self, i: int, linears, stats, originals):
         skel = self.skel
         matrices, entries, pruned_keys = {}, [], set()
+        sparsity = self.layerwise_info["target_sparsity"][i] if self.layerwise_info else self.sparsity
         for pl in linears:
-            key = skel.block_prefix[i] + pl.param_name
+            key = skel.block_key(i, pl.param_name)
             stored_w = originals.get(key, pl.module.weight.data)
             w = stored_w.t() if pl.transposed else stored_w
-            count = self.method.prune_(w, stats.get(pl.name), sparsity=self.sparsity, n=self.n, m=self.m, name=key)
+            count, notes = prune_matrix(self.method, w, stats.get(pl.name), sparsity=sparsity, n=self.n,
+                                        m=self.m, name=key)  # magnitude for an expert no token reached
             if key in originals:
                 pl.module.weight.data.copy_(stored_w)
             zeros = w.numel() - int(torch.count_nonzero(w))
             matrices[key] = {"shape": list(pl.module.weight.shape), "pruned": count,
-                             "sparsity": zeros / max(w.numel(), 1)}
+                             "sparsity": zeros / max(w.numel(), 1), **notes}
             matrices[key].update(self.method.matrix_notes.pop(key, {}))  # e.g. protected columns
             stored = self.ckpt.info(key).dtype  # written back in the input's dtype
             entries.append((key, stored_w.to(device="cpu", dtype=stored)))
             pruned_keys.add(key)
         # everything else in the block (norms, biases, ...) is copied byte for byte
         entries += [(k, RawTensor(self.ckpt, k)) for k in skel.block_keys[i] if k not in pruned_keys]
+        warn_fallbacks(i, matrices)
         return entries, matrices
 
     def _phases(self, t_start: float, t_final: float) -> dict:
@@ -463,8 +519,13 @@ class _Run:
                 "overall_sparsity": sum(r["sparsity"] * r["params"] for r in layers) / max(params, 1),
                 "prunable_params": params,
                 "layers": layers,
+                "selection": self.selection.describe(),
+                "layerwise": self.layerwise_info,
+                "skipped": self.selection.all_skipped(),
+                **self.notes,
                 "device": str(self.device),
                 "batch_size": self.batch_size,
+                "batch_size_auto": self.batch_request == AUTO,
                 "resumed_from_block": getattr(self, "resumed_from", None),
                 "timings": {"capture_s": round(self.t_capture, 4),
                             "blocks_s": round(sum(r["time_s"] for r in layers), 4),

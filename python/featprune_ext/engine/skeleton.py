@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import InputError, NonFiniteError
 from .checkpoint import Checkpoint
 from .families import PrunableLinear, find_blocks, max_positions, prunable_linears
+from .moe import check_no_fused_experts, unfuse_experts
 
 __all__ = ["ModelSkeleton", "check_finite"]
 
@@ -122,7 +123,6 @@ class ModelSkeleton:
         """model parameter name -> checkpoint key. transformers 5 renames some keys on load
         (GPT-NeoX's embed_out is lm_head in the module tree); reuse its own renaming rules."""
         prefix = getattr(self.model, "base_model_prefix", "") or ""
-        meta = dict(self.model.state_dict())
         try:
             from transformers.conversion_mapping import get_model_conversion_mapping
             from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
@@ -132,8 +132,15 @@ class ModelSkeleton:
             converters = [t for t in transforms if isinstance(t, WeightConverter)]
         except (ImportError, AttributeError, TypeError):  # older transformers: names are used as saved
             rename_source_key = None
-        names = {}
+        unfused = {}
+        if rename_source_key is not None and converters:  # MoE experts stored per expert: unfuse (moe.py)
+            unfused = unfuse_experts(self.model, list(self.ckpt.tensors), renamings, converters, rename_source_key,
+                                     prefix or None)
+        names = {name: ckey for ckey, name in unfused.items()}
+        meta = dict(self.model.state_dict())
         for ckey in self.ckpt.tensors:
+            if ckey in unfused:
+                continue
             if rename_source_key is not None:
                 name, converter = rename_source_key(ckey, renamings, converters, prefix or None, meta)
                 if converter is not None:
@@ -144,11 +151,17 @@ class ModelSkeleton:
             else:
                 name = ckey[len(prefix) + 1:] if ckey.startswith(prefix + ".") else f"{prefix}.{ckey}"
             names[name] = ckey
+        check_no_fused_experts(self.model, names.get)
         return names
 
     def key(self, param_name: str) -> str | None:
         """The checkpoint key holding a module parameter (or persistent buffer), or None."""
         return self._names.get(param_name)
+
+    def block_key(self, i: int, local_name: str) -> str:
+        """The checkpoint key of block i's parameter `local_name` (e.g. "mlp.experts.3.w1.weight" ->
+        "model.layers.0.block_sparse_moe.experts.3.w1.weight"; usually block_prefix[i] + local_name)."""
+        return self._names.get(f"{self.blocks_path}.{i}.{local_name}") or self.block_prefix[i] + local_name
 
     def _check_tensors(self) -> None:
         model = self.model
@@ -226,12 +239,11 @@ class ModelSkeleton:
 
     def attach_block(self, i: int, tensors: dict[str, torch.Tensor], device, dtype) -> nn.Module:
         block = self.blocks[i]
-        prefix = self.block_prefix[i]
         for name, _ in list(block.named_parameters()):
-            t = tensors[prefix + name]
+            t = tensors[self.block_key(i, name)]
             _set_tensor(block, name, t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype), param=True)
         for name, b in list(block.named_buffers()):
-            t = tensors.get(prefix + name)
+            t = tensors.get(self.block_key(i, name))
             _set_tensor(block, name, (t if t is not None else b).to(device), param=False)
         return block
 

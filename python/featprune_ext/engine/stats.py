@@ -13,18 +13,26 @@ from ..methods import LinearStats
 __all__ = ["collect_stats"]
 
 
-def collect_stats(block, linears, calls, hidden, batches, bucket_names, device) -> dict[str, LinearStats]:
-    """Run the block over every batch with hooks streaming each linear's input into its stats."""
+def collect_stats(block, linears, calls, hidden, batches, bucket_names, device,
+                  outputs: list | None = None) -> dict[str, LinearStats]:
+    """Run the block over every batch with hooks streaming each linear's input into its stats
+    (and append the block's output per batch to `outputs` when given: OWL's dense pass)."""
     stats = {pl.name: LinearStats.zeros(pl.in_features, list(bucket_names), device) for pl in linears}
     current: dict[str, Any] = {}
 
     def hook_for(name):
         st = stats[name]
-        partial = torch.zeros(1, st.sumsq.shape[1], dtype=torch.float32, device=st.sumsq.device)  # reused per batch
+        # this batch's sums, count and max |x| (reused per batch), merged into the totals below
+        partial = torch.zeros(1, st.sumsq.shape[1], dtype=torch.float32, device=st.sumsq.device)
+        count = torch.zeros(1, dtype=torch.int64, device=st.count.device)
+        absmax = torch.zeros(1, st.absmax.shape[1], dtype=torch.float32, device=st.absmax.device)
 
         def hook(module, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
             mask = current["mask"]
+            routed = getattr(module, "token_index", None)  # an MoE expert sees only its routed tokens (moe.py)
+            if routed is not None:
+                mask = mask.reshape(-1)[routed]
             if x.shape[:-1] != mask.shape:
                 if x.numel() // x.shape[-1] != mask.numel():
                     raise RuntimeError(f"{name} got input {tuple(x.shape)} that does not line up with the "
@@ -34,9 +42,19 @@ def collect_stats(block, linears, calls, hidden, batches, bucket_names, device) 
             # exact in practice, so the result does not depend on batch order or on how the
             # batches were split among ranks (distributed.py).
             b = current["bucket"]
-            partial.zero_()
-            ops.accumulate_stats(x.detach(), partial, st.count[b:b + 1], token_mask=mask, absmax=st.absmax[b:b + 1])
-            st.sumsq[b] += partial[0].double()
+            last = current["last"]
+            if routed is None and last is not None and last[0] is x and last[1] == x._version:
+                # the same tensor as the previous linear's input (q/k/v, gate/up): the same sums
+                sums, counted, maxima = last[2:]
+            else:
+                sums, counted, maxima = partial, count, absmax
+                for t in (partial, count, absmax):
+                    t.zero_()
+                ops.accumulate_stats(x.detach(), partial, count, token_mask=mask, absmax=absmax)
+                current["last"] = (x, x._version, partial, count, absmax) if routed is None else None
+            st.sumsq[b] += sums[0].double()
+            st.count[b] += counted[0]
+            torch.maximum(st.absmax[b], maxima[0], out=st.absmax[b])
 
         return hook
 
@@ -45,7 +63,11 @@ def collect_stats(block, linears, calls, hidden, batches, bucket_names, device) 
         for call, h, batch in zip(calls, hidden, batches):
             current["mask"] = batch.mask.to(device)
             current["bucket"] = batch.bucket
-            call.run(block, h)
+            current["last"] = None
+            out = call.run(block, h)
+            current["last"] = None
+            if outputs is not None:
+                outputs.append(out)
     finally:
         for handle in handles:
             handle.remove()

@@ -8,7 +8,9 @@ A method decides which buckets it uses (`base_buckets`); the default prune_ is
 
 Methods: Wanda (RMS of the base buckets), Contrastive (the paper's base * base / contrast),
 Magnitude and Random (baselines). Any of them takes an OutlierProtection (top-P% RMS
-columns, absmax >= T) applied to the matrices that read the hidden state.
+columns, absmax >= T) applied to the matrices that read the hidden state. SparseGPT
+(sparsegpt.py) gets a HessianStats per linear instead (its `statistics` is "hessian") and
+updates the kept weights. OWL (owl.py) sets each block's sparsity from its outlier ratio.
 Register new methods with `register_method(name, factory)` so the CLI can build them.
 """
 from __future__ import annotations
@@ -18,12 +20,14 @@ from typing import Callable
 from ..errors import InputError
 from .base import LinearStats, PruneMethod
 from .baselines import Magnitude, Random
+from .owl import OWL
 from .protection import OutlierProtection, reads_hidden_state
+from .sparsegpt import HessianStats, SparseGPT
 from .wanda import Contrastive, Wanda, contrastive_norm
 
-__all__ = ["Contrastive", "LinearStats", "Magnitude", "OutlierProtection", "PruneMethod", "Random", "Wanda",
-           "contrastive_norm", "get_method", "method_names", "parse_spec_components", "reads_hidden_state",
-           "register_method"]
+__all__ = ["OWL", "Contrastive", "HessianStats", "LinearStats", "Magnitude", "OutlierProtection", "PruneMethod",
+           "Random", "SparseGPT", "Wanda", "contrastive_norm", "get_method", "method_names", "parse_spec_components",
+           "reads_hidden_state", "register_method"]
 
 
 _REGISTRY: dict[str, Callable[..., PruneMethod]] = {
@@ -33,7 +37,15 @@ _REGISTRY: dict[str, Callable[..., PruneMethod]] = {
         base_buckets=base_buckets or [], contrast_buckets=contrast_buckets or [], protection=protection),
     "magnitude": lambda seed=0, protection=None, **_: Magnitude(protection=protection),
     "random": lambda seed=0, protection=None, **_: Random(seed, protection=protection),
+    "sparsegpt": lambda seed=0, base_buckets=None, protection=None, sparsegpt_damp=0.01, sparsegpt_blocksize=128,
+    **_: _sparsegpt(base_buckets, protection, sparsegpt_damp, sparsegpt_blocksize),
 }
+
+
+def _sparsegpt(base_buckets, protection, damp, blocksize) -> SparseGPT:
+    if protection is not None and protection.active:
+        raise InputError("--protect-top/--protect-absmax are not supported with --method sparsegpt")
+    return SparseGPT(base_buckets=base_buckets, damp=damp, blocksize=blocksize)
 
 
 def register_method(name: str, factory: Callable[..., PruneMethod]) -> None:

@@ -63,6 +63,7 @@ class PruneMethod:
 
     name = "base"
     uses_statistics = True  # False: scores need no activations (magnitude, random)
+    statistics = "sumsq"  # what the engine collects per linear: "sumsq" (LinearStats) or "hessian" (SparseGPT)
 
     def __init__(self, *, base_buckets: list[str] | None = None, protection: "OutlierProtection | None" = None):
         self.base_buckets = list(base_buckets) if base_buckets else None
@@ -79,6 +80,14 @@ class PruneMethod:
         for bucket in self.base_buckets or []:
             if bucket not in bucket_names:
                 raise InputError(f"{self.name}: no calibration bucket named {bucket!r}; have {bucket_names}")
+
+    def bucket_groups(self) -> list[list[str] | None]:
+        """The bucket groups the scores read (None: all buckets). A matrix for which one group saw no
+        calibration token (an MoE expert never routed to) is pruned by magnitude (engine/moe.py)."""
+        return [self.base_buckets]
+
+    def check_pattern(self, n: int, m: int) -> None:
+        """Called before any work with the N:M pattern (0, 0 when unstructured); InputError if unusable."""
 
     def column_scale(self, stats: LinearStats | None, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -50,6 +50,9 @@ class Contrastive(PruneMethod):
             if bucket not in bucket_names:
                 raise InputError(f"contrastive: no contrast bucket named {bucket!r}; have {bucket_names}")
 
+    def bucket_groups(self):
+        return [self.base_buckets, self.contrast_buckets]
+
     def column_scale(self, stats, weight):
         base = stats.rms(self.base_buckets)
         contrast = stats.rms(self.contrast_buckets)

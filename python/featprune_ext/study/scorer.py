@@ -217,6 +217,16 @@ class Scorer:
         return [{"logprob": float(s), "tokens": len(e.cont), "context_tokens": len(e.ctx), "truncated": e.truncated}
                 for s, e in zip(sums, enc)]
 
+    def _stop_at_newline(self):
+        """Stop each sequence at its first newline (the answer ends there) instead of always generating
+        max_new_tokens; the batch ends when every sequence has stopped. Built once per scorer: its
+        set-up scans the whole vocabulary (262k tokens for Gemma 3), too slow to repeat per batch."""
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        if getattr(self, "_newline_stop", None) is None:
+            self._newline_stop = StoppingCriteriaList([StopStringCriteria(tokenizer=self.tok, stop_strings=["\n"])])
+        return self._newline_stop
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, desc: str = "generating") -> list[str]:
         """Greedy continuations, cut at the first newline or end of text; batched with left padding."""
@@ -226,10 +236,8 @@ class Scorer:
         enc = [self._ids(p, True) for p in prompts]
         enc = [e[-(self.seqlen - max_new_tokens):] if len(e) > self.seqlen - max_new_tokens else e for e in enc]
         eos = [t for t in {self.tok.eos_token_id, self.start_id} if t is not None]
-        # Stop each sequence at its first newline (the answer ends there) instead of always
-        # generating max_new_tokens: the batch ends when every sequence has stopped.
         gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                   pad_token_id=self.pad_id, eos_token_id=eos, stop_strings=["\n"])
+                                   pad_token_id=self.pad_id, eos_token_id=eos)
         outs: list[str] = [""] * len(enc)
         bar = tqdm(total=len(enc), desc=desc, unit="seq", file=sys.stderr, disable=not self.progress,
                    dynamic_ncols=True, leave=False)
@@ -242,7 +250,7 @@ class Scorer:
                     ids[r, width - len(enc[i]):] = torch.tensor(enc[i])
                     mask[r, width - len(enc[i]):] = 1
                 gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                          generation_config=gen_cfg, tokenizer=self.tok)
+                                          generation_config=gen_cfg, stopping_criteria=self._stop_at_newline())
                 for r, i in enumerate(batch):
                     text = self.tok.decode(gen[r, width:], skip_special_tokens=True)
                     outs[i] = text.split("\n")[0].strip()
