@@ -284,6 +284,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", default="", help="extra featprune arms, one per compute dtype (comma-separated)")
     p.add_argument("--src", action="append", default=[], metavar="NAME=DIR",
                    help="extra featprune arm run with PYTHONPATH=DIR (e.g. a copy of the code before a change)")
+    p.add_argument("--src-batch-size", default=None, help="--batch-size of the --src arms (default: --batch-size)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--naive", action="store_true", help="also run the naive in-memory Wanda")
     p.add_argument("--device", default="cpu")
@@ -303,7 +304,8 @@ def main(argv=None) -> int:
     arms = [{"name": "featprune", "src": None, "dtype": args.dtype}]
     for spec in args.src:
         name, _, src = spec.partition("=")
-        arms.append({"name": f"featprune ({name})", "src": str(Path(src).resolve()), "dtype": args.dtype})
+        arms.append({"name": f"featprune ({name})", "src": str(Path(src).resolve()), "dtype": args.dtype,
+                     "batch_size": args.src_batch_size or args.batch_size})
     for dt in filter(None, args.dtypes.split(",")):
         arms.append({"name": f"featprune --dtype {dt}", "src": None, "dtype": dt})
     results: dict[str, list[dict]] = {a["name"]: [] for a in arms}
@@ -339,7 +341,8 @@ def main(argv=None) -> int:
                 else:
                     k = arms.index(arm)
                     out = tmp / (f"keep-{k}" if r == 0 else f"run-{k}-{r}")
-                    res = featprune_arm(model, out, common, args.batch_size, arm["dtype"], arm["src"])
+                    res = featprune_arm(model, out, common, arm.get("batch_size", args.batch_size), arm["dtype"],
+                                        arm["src"])
                     results[arm["name"]].append(res)
                     if r == 0:
                         digests[arm["name"]] = mask_digest(out)

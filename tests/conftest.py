@@ -40,22 +40,27 @@ def calib_jsonl(tmp_path_factory):
     return write_calibration_jsonl(tmp_path_factory.mktemp("calib") / "calib.jsonl")
 
 
-def _zoo_model(fn_name: str):
+def _zoo_model(fn_name: str, cache_name: str):
+    """The converted model from featprune's cache when it is complete there (no PyPI package
+    needed), else converted from its package; skip only when neither is available."""
     from featprune_ext.data import zoo
 
+    cached = zoo.cache_root() / cache_name
+    if (cached / "config.json").is_file() and any(cached.glob("*.safetensors")):
+        return cached
     try:
         return getattr(zoo, fn_name)()
     except zoo.ModelPackageMissing as exc:
-        pytest.skip(str(exc))
+        pytest.skip(f"{exc} (and no converted copy in {cached})")
 
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
-    """Real SmolLM2 135M as fp32 safetensors (skips when its PyPI package is missing)."""
-    return _zoo_model("smollm2_dir")
+    """Real SmolLM2 135M as fp32 safetensors (cached copy, else from its PyPI package; else skip)."""
+    return _zoo_model("smollm2_dir", "smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def gemma3_dir():
-    """Real Gemma 3 270M as fp32 safetensors (skips when its PyPI package is missing)."""
-    return _zoo_model("gemma3_270m_dir")
+    """Real Gemma 3 270M as fp32 safetensors (cached copy, else from its PyPI package; else skip)."""
+    return _zoo_model("gemma3_270m_dir", "gemma3-270m")

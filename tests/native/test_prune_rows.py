@@ -52,12 +52,25 @@ def test_heavy_ties_follow_stable_order(device, dtype, weights, scales):
     run_and_check(w, scale, sparsity=0.5)
 
 
-def test_all_equal_scores_prune_the_lowest_columns():
+@pytest.mark.parametrize("simd", ["1", "0"], ids=["simd", "portable"])
+@pytest.mark.parametrize("cols", [10, 1000])  # 1000: the AVX2 path's sampled bracket
+def test_all_equal_scores_prune_the_lowest_columns(monkeypatch, simd, cols):
     # With every score equal, a stable sort keeps the column order: the first k go.
-    w = torch.ones(3, 10)
-    mask = torch.zeros(3, 10, dtype=torch.bool)
-    ops.prune_rows_(w, torch.ones(10), sparsity=0.4, mask_out=mask)
-    assert mask[:, :4].all() and not mask[:, 4:].any()
+    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", simd)
+    k = cols * 4 // 10
+    w = torch.ones(3, cols)
+    mask = torch.zeros(3, cols, dtype=torch.bool)
+    ops.prune_rows_(w, torch.ones(cols), sparsity=0.4, mask_out=mask)
+    assert mask[:, :k].all() and not mask[:, k:].any()
+    # a partial tie at the cut: 0.5 everywhere but three smaller entries; the ties go lowest column first
+    w = torch.full((2, cols), 0.5)
+    w[:, [cols - 1, cols // 2, 3]] = 0.25
+    mask.zero_()
+    ops.prune_rows_(w, torch.ones(cols), sparsity=0.4, mask_out=mask[:2])
+    want = torch.zeros(cols, dtype=torch.bool)
+    want[[3, cols // 2, cols - 1]] = True
+    want[[c for c in range(cols) if c not in (3, cols // 2, cols - 1)][:k - 3]] = True
+    assert torch.equal(mask[:2], want.expand(2, cols))
 
 
 @pytest.mark.parametrize("device", devices())
@@ -127,6 +140,39 @@ def test_nan_weights_sort_last(device):
     w = make_weight(4, 20, torch.float32, device)
     w[:, 3] = float("nan")
     run_and_check(w, make_scale(20, device), sparsity=0.9)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_nan_and_inf_order_known_answer(device, dtype):
+    """The documented key order, written out rather than inherited from the reference:
+    finite scores ascending, then +inf, then NaN (as torch.sort), then protected columns;
+    equal keys (two NaNs) go to the lower column index."""
+    nan, inf = float("nan"), float("inf")
+    row = [1.0, nan, inf, 0.5, -2.0, nan, -inf, 0.25]  # scores |w|: 1, nan, inf, .5, 2, nan, inf, .25
+    w = torch.tensor([row, row], dtype=dtype, device=device)
+    ones = torch.ones(8, device=device)
+    expected = {  # k -> pruned columns
+        3: [0, 3, 7],
+        4: [0, 3, 4, 7],
+        5: [0, 3, 4, 2, 7],  # +inf before -inf's |.| = +inf: equal keys, lower column first
+        6: [0, 2, 3, 4, 6, 7],
+        7: [0, 1, 2, 3, 4, 6, 7],  # the first NaN
+    }
+    for k, cols in expected.items():
+        for impl in (ops.prune_rows_, reference.prune_rows_):
+            mask = torch.zeros(2, 8, dtype=torch.bool, device=device)
+            impl(w.clone(), ones, sparsity=k / 8, mask_out=mask)
+            want = torch.zeros(8, dtype=torch.bool, device=device)
+            want[sorted(cols)] = True
+            assert torch.equal(mask, want.expand(2, 8)), (impl.__module__, k, mask[0].nonzero().flatten().tolist())
+    # protected columns come after NaN: protecting the 0.25 and 0.5 columns moves the cut up the order
+    protect = torch.zeros(8, dtype=torch.bool, device=device)
+    protect[[3, 7]] = True
+    for impl in (ops.prune_rows_, reference.prune_rows_):
+        mask = torch.zeros(2, 8, dtype=torch.bool, device=device)
+        impl(w.clone(), ones, sparsity=6 / 8, protect=protect, mask_out=mask)
+        assert mask[0].nonzero().flatten().tolist() == [0, 1, 2, 4, 5, 6], impl.__module__
 
 
 @pytest.mark.parametrize("device", devices())

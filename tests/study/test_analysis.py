@@ -81,6 +81,33 @@ def test_overlap_matrix_known_sets():
         A.overlap_matrix(mags, 0.5, "sideways")
 
 
+def test_overlap_matrix_hand_computed_shares():
+    """Fractional shares worked out by hand (k = round(10 * 0.3) = 3):
+    A = 0..9 -> top {7, 8, 9}, bottom {0, 1, 2}; B -> top {5, 6, 7}, bottom {0, 8, 9};
+    C = 9..0 -> top {0, 1, 2}, bottom {7, 8, 9}."""
+    a = np.arange(10.0)
+    b = np.array([0.0, 5, 6, 7, 8, 9, 10, 11, 2, 1])
+    c = a[::-1].copy()
+    mags = np.stack([a, b, c])
+    tb = A.overlap_matrix(mags, 0.3, "top-bottom")
+    np.testing.assert_allclose(tb, [[0, 2 / 3, 1], [0, 0, 1 / 3], [1, 1 / 3, 0]])
+    tt = A.overlap_matrix(mags, 0.3, "top-top")
+    np.testing.assert_allclose(tt, [[1, 1 / 3, 0], [1 / 3, 1, 0], [0, 0, 1]])
+    # ties go to the lower feature index: all-equal magnitudes give top = bottom = {0, 1, 2}
+    flat = np.stack([np.ones(10), a])
+    np.testing.assert_allclose(A.overlap_matrix(flat, 0.3, "top-bottom"), [[1, 1], [0, 0]])
+
+
+def _independent_sets(values: list, k: int):
+    """(top-k, bottom-k, whether both cuts are clear of ties) by plain sorting."""
+    idx = range(len(values))
+    top = set(sorted(idx, key=lambda i: (-values[i], i))[:k])
+    bottom = set(sorted(idx, key=lambda i: (values[i], i))[:k])
+    ordered = sorted(values)
+    clear = ordered[k - 1] != ordered[k] and ordered[-k] != ordered[-k - 1]
+    return top, bottom, clear
+
+
 def test_default_spec_and_labels():
     assert A.default_spec(["en", "fr", "zh"]) == "mono:en+mono:fr+mono:zh_CN+mt:fr-en+mt:zh_CN-en"
     assert A.condition_label("mono:zh_CN") == "zh" and A.condition_label("mt:zh_CN-en") == "zh-en"
@@ -111,6 +138,20 @@ def test_analyze_cli_end_to_end(env, tmp_path, capsys):
     assert len(ov) == 2 * 4 * 3 * 3
     same = [r for r in ov if r["kind"] == "top-bottom" and r["top_of"] == r["compared_with"]]
     assert all(float(r["share"]) == 0.0 for r in same)  # a condition's top and bottom 30% never overlap
+    # every share recomputed from magnitudes.csv by plain sorting (k = round(32 * 0.3) = 10), where the
+    # 6-digit CSV values leave no tie at the cut
+    label = {"mono:en": "en", "mono:fr": "fr", "mt:fr-en": "fr-en"}
+    sets = {(label[r[0]], int(r[1])): _independent_sets([float(v) for v in r[2:]], 10) for r in rows[1:]}
+    checked = 0
+    for r in ov:
+        top_of, cmp_with = sets[(r["top_of"], int(r["layer"]))], sets[(r["compared_with"], int(r["layer"]))]
+        if not (top_of[2] and cmp_with[2]):
+            continue
+        other = cmp_with[1] if r["kind"] == "top-bottom" else cmp_with[0]
+        assert float(r["share"]) == pytest.approx(len(top_of[0] & other) / 10, abs=1e-6), r
+        checked += 1
+    assert checked >= len(ov) * 3 // 4
+    assert any(0 < float(r["share"]) < 1 for r in ov if r["top_of"] != r["compared_with"])  # not all 0/1
 
 
 def test_analyze_errors(env, tmp_path, capsys):

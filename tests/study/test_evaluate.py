@@ -112,6 +112,25 @@ def test_loglikelihood_picks_the_right_label(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- the tasks
+def assert_choice_identities(res):
+    """What a choice task's numbers must satisfy, whatever the model: per item, the prediction is the
+    best score and `correct` says whether it is the gold; per language, acc = correct / n."""
+    items = res["items"]
+    assert res["n"] == len(items) > 0
+    for it in items:
+        best = max(range(len(it["scores"])), key=it["scores"].__getitem__)
+        best_alt = max(range(len(it["scores_alt"])), key=it["scores_alt"].__getitem__)
+        assert it["pred"] == best
+        assert it["correct"] is (it["pred"] == it["gold"])
+        assert it["correct_alt"] is (best_alt == it["gold"])
+        assert it["ranking"][0] == it["candidate_ids"][it["pred"]] and sorted(it["ranking"]) == sorted(
+            it["candidate_ids"])
+    assert res["correct"] == sum(it["correct"] for it in items)
+    assert res["acc"] == res["correct"] / res["n"]
+    assert res["acc_alt"] == pytest.approx(sum(it["correct_alt"] for it in items) / res["n"])
+    assert res["acc_ci"][0] <= res["acc"] <= res["acc_ci"][1]
+
+
 def test_ppl_task(env):
     r = runner.evaluate(env["model"], "ppl", ["fr", "en"], env["corpus"], scorer=env["scorer"], n_boot=50)
     fr = r["languages"]["fr"]
@@ -133,6 +152,15 @@ def test_translation_choice_task_and_consistency(env):
     for it in fr["items"]:
         assert len(it["scores"]) == 4 and len(set(it["candidate_ids"])) == 4 and 0 <= it["gold"] < 4
         assert it["pred"] == max(range(4), key=it["scores"].__getitem__)
+        assert it["candidate_ids"][it["gold"]] == it["id"]  # the gold candidate is the item's own sentence
+        assert it["id"] in {tasks._item_id(EN[i]) for i in range(1, len(EN), 2)}  # eval rows only (odd rows)
+    from featprune_ext.data.languages import resolve
+
+    for it in tasks.translation_choice_items(env["corpus"], resolve("fr"), 6, 0):
+        assert it["candidates"][it["gold"]] == FR[EN.index(it["src"])]  # the gold is the real translation
+        assert set(it["candidates"]) <= {FR[i] for i in range(1, len(FR), 2)}
+    for lang in ("fr", "de"):
+        assert_choice_identities(r["languages"][lang])
     # fr and de have the same English pool here, so items and candidate sets are parallel.
     cons = r["consistency"]
     assert cons["reference"] == "fr" and cons["languages"]["de"]["n"] == 6
@@ -170,6 +198,10 @@ def test_xnli_marc_translate_tasks(env):
     m = runner.evaluate(env["model"], "marc", ["en"], root, scorer=env["scorer"], n_boot=50)
     assert m["languages"]["en"]["n"] == 4  # the 3-star review is dropped
     assert sorted(it["gold"] for it in m["languages"]["en"]["items"]) == [0, 0, 1, 1]
+    for res in (x["languages"]["en"], x["languages"]["fr"], h["languages"]["fr"], m["languages"]["en"]):
+        assert_choice_identities(res)
+    # gold labels: XNLI's 0/1/2 = entailment/neutral/contradiction; MARC's 4-5 stars positive, 1-2 negative
+    assert sorted(it["gold"] for it in x["languages"]["en"]["items"]) == [0, 0, 1, 2]
     t = runner.evaluate(env["model"], "translate", ["fr"], env["corpus"], scorer=env["scorer"], n_boot=20, shots=2,
                         max_new_tokens=6, limit=3)
     fr = t["languages"]["fr"]

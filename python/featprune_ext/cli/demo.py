@@ -76,8 +76,9 @@ def run(args) -> int:
         tokenizer = AutoTokenizer.from_pretrained(model)
         calibration = build_calibration(args.calib, tokenizer, data=corpus, nsamples=args.nsamples,
                                         seqlen=args.seqlen, shots=4, seed=0)
-        prune_model(model, pruned, calibration=calibration, method=Wanda(base_buckets=parse_spec_components(args.calib)),
-                    sparsity=args.sparsity, device=device, batch_size=4)
+        method = Wanda(base_buckets=parse_spec_components(args.calib))
+        prune_model(model, pruned, calibration=calibration, method=method, sparsity=args.sparsity, device=device,
+                    batch_size=4)
     step(f"pruned model: {pruned}")
 
     langs = [c.strip() for c in args.langs.split(",") if c.strip()]
@@ -125,9 +126,9 @@ def _plot(results: dict, langs: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(locales), 3.6))
     for k, name in enumerate(names):
         per = results[name]["languages"]
-        acc = np.array([per[l]["acc"] for l in locales]) * 100
-        lo = acc - np.array([per[l]["acc_ci"][0] for l in locales]) * 100
-        hi = np.array([per[l]["acc_ci"][1] for l in locales]) * 100 - acc
+        acc = np.array([per[loc]["acc"] for loc in locales]) * 100
+        lo = acc - np.array([per[loc]["acc_ci"][0] for loc in locales]) * 100
+        hi = np.array([per[loc]["acc_ci"][1] for loc in locales]) * 100 - acc
         ax.bar(np.arange(len(locales)) + k * width, acc, width, yerr=[lo, hi], capsize=3, label=name)
     ax.axhline(25, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_xticks(np.arange(len(locales)) + width * (len(names) - 1) / 2, locales)

@@ -32,10 +32,10 @@ from typing import Any, Optional, Union
 
 import torch
 
+from ..errors import InputError, MissingInputError
 from . import corpora
 from .calibration_set import CalibrationSet, read_jsonl_texts
 from .languages import Language, resolve
-from ..errors import InputError, MissingInputError
 
 __all__ = ["Component", "build_calibration", "mono_demonstration", "mt_demonstration", "parse_spec",
            "split_counts", "SPEC_HELP"]

@@ -69,7 +69,7 @@ class CalibrationSet:
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], tokenizer, nsamples: int, seqlen: int, seed: int = 0, *,
-                   buckets: Sequence[str] | None = None, source: str | None = None) -> "CalibrationSet":
+                   buckets: Sequence[str] | None = None, source: str | None = None) -> CalibrationSet:
         """Each text is one sample: tokenized (with the tokenizer's special tokens) and cut to
         `seqlen` tokens. With more texts than `nsamples`, a seeded random subset is taken (kept
         in file order); with fewer, all are used and the summary says so. `buckets` gives each

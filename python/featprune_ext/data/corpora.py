@@ -29,10 +29,10 @@ from importlib import util as importlib_util
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from . import gettext as gettext_corpus
-from .languages import Language, resolve, try_resolve
 from ..errors import InputError, MissingInputError
 from ..files import read_jsonl_objects
+from . import gettext as gettext_corpus
+from .languages import Language, resolve, try_resolve
 
 __all__ = ["CALIB", "EVAL", "code_files", "dataset_build_dir", "detect_layout", "describe_source", "load_code",
            "load_mono", "load_parallel", "read_code", "split_sentences"]

@@ -28,8 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
-from .languages import Language, resolve
 from ..errors import InputError, MissingInputError
+from .languages import Language, resolve
 
 __all__ = [
     "CAVEAT", "DEFAULT_EVAL_FRACTION", "FILTER_RULE", "FORMAT", "SYSTEM_LOCALE_ROOT",
@@ -77,7 +77,7 @@ def read_catalog(path: PathLike) -> Iterator[tuple[str, str]]:
 
 def split_of(en: str, eval_fraction: float, seed: int = 0) -> str:
     """'eval' for a fixed fraction of English sentences, 'calib' for the rest: a hash, not a draw."""
-    digest = hashlib.sha256(f"featprune-split:{seed}:{en}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"featprune-split:{seed}:{en}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
     return "eval" if u < eval_fraction else "calib"
 

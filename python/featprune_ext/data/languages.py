@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Optional
+
 from ..errors import InputError
 
 __all__ = ["Language", "resolve", "known_languages", "known_codes", "try_resolve"]

@@ -43,7 +43,8 @@ def _convert(gguf_dir: Path, gguf_name: str, out: Path) -> None:
 
     for module, pip_name in (("gguf", "gguf"), ("accelerate", "accelerate")):  # transformers' GGUF loader needs both
         if importlib.util.find_spec(module) is None:
-            raise ModelPackageMissing(f"converting a GGUF model needs the {module!r} package; run: pip install {pip_name}")
+            raise ModelPackageMissing(f"converting a GGUF model needs the {module!r} package; "
+                                      f"run: pip install {pip_name}")
 
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)

@@ -24,8 +24,8 @@ from typing import Iterable, Union
 
 import torch
 
-from ..errors import DiskFullError, InputError
-from ..files import atomic_write, atomic_write_json, disk_full, write_fd
+from ..errors import InputError
+from ..files import atomic_write, atomic_write_json, write_fd
 
 __all__ = ["Checkpoint", "RawTensor", "TensorInfo", "write_index", "write_safetensors"]
 
@@ -59,7 +59,7 @@ class TensorInfo:
 class RawTensor:
     """A tensor to copy unchanged from an input checkpoint into an output shard."""
 
-    checkpoint: "Checkpoint"
+    checkpoint: Checkpoint
     name: str
 
 
@@ -84,7 +84,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
                 raise InputError(f"{path} is not a safetensors file (only {size} bytes)")
             (hlen,) = struct.unpack("<Q", raw)
             if hlen > _MAX_HEADER or 8 + hlen > size:
-                raise InputError(f"{path} is corrupt or truncated: header length {hlen} does not fit a {size}-byte file")
+                raise InputError(f"{path} is corrupt or truncated: header length {hlen} does not fit a "
+                                 f"{size}-byte file")
             header = json.loads(f.read(hlen))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path} is corrupt: its header is not valid JSON ({exc})") from None

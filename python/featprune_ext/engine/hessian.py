@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from .. import ops
-from ..errors import NonFiniteError
 from ..methods import HessianStats
+from .stats import non_finite_error
 
 __all__ = ["check_finite_hessians", "collect_hessians"]
 
@@ -112,11 +112,5 @@ def check_finite_hessians(prefix: str, index: int, group_of: dict[str, HessianSt
         if id(hs) in checked:
             continue
         checked.add(id(hs))
-        if bool(torch.isfinite(hs.hessian).all()):
-            continue
-        hint = ""
-        if dtype in (torch.float16, torch.bfloat16):
-            hint = (f"; the forward passes run in {str(dtype).replace('torch.', '')}, which can overflow: "
-                    "rerun with --dtype float32")
-        raise NonFiniteError(f"non-finite activations (NaN or inf) reach the input of {prefix}{name} (block {index}) "
-                             f"on the calibration data{hint}")
+        if not bool(torch.isfinite(hs.hessian).all()):
+            raise non_finite_error(f"{prefix}{name}", index, dtype)

@@ -20,7 +20,7 @@ import torch
 
 from ..methods.owl import OWL, layer_sparsities, outlier_ratio
 from .capture import capture_block_calls
-from .stats import collect_stats
+from .stats import check_finite_stats, collect_stats
 
 __all__ = ["owl_pass"]
 
@@ -55,7 +55,7 @@ def owl_pass(run, owl: OWL, batches, calls, hidden) -> list[torch.Tensor]:
         stats = collect_stats(block, linears, calls[i], hidden, batches, bucket_names, device, outputs=outputs)
         dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
                          [st.absmax for st in stats.values()])
-        run._check_activations(i, linears, stats)
+        check_finite_stats(skel.block_prefix[i], i, linears, stats, skel.dtype)
         ratio, n = _block_ratio(linears, stats, base, owl.m)
         ratios.append(ratio)
         params.append(n)

@@ -70,7 +70,7 @@ class RunLock:
         os.close(self.fd)  # closing releases the lock
         self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 

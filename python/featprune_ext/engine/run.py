@@ -52,7 +52,7 @@ from .report import numel, peak_rss_bytes
 from .resume import PROGRESS_NAME, REPORT_NAME, BackgroundWriter, copy_side_files, partial_dir, run_fingerprint
 from .select import Selection
 from .skeleton import ModelSkeleton
-from .stats import collect_stats
+from .stats import check_finite_stats, collect_stats
 from .timing import PhaseTimer
 
 __all__ = ["COMPUTE_DTYPES", "parse_dtype", "prune_model"]
@@ -436,16 +436,7 @@ class _Run:
 
     def _check_activations(self, i: int, linears, stats) -> None:
         """NaN or inf in a linear's inputs: name the block and the linear, and the likely cause."""
-        for pl in linears:
-            st = stats[pl.name]
-            if bool(torch.isfinite(st.sumsq).all()) and bool(torch.isfinite(st.absmax).all()):
-                continue
-            hint = ""
-            if self.skel.dtype in (torch.float16, torch.bfloat16):
-                name = str(self.skel.dtype).replace("torch.", "")
-                hint = f"; the forward passes run in {name}, which can overflow: rerun with --dtype float32"
-            raise NonFiniteError(f"non-finite activations (NaN or inf) reach the input of "
-                                 f"{self.skel.block_prefix[i]}{pl.name} (block {i}) on the calibration data{hint}")
+        check_finite_stats(self.skel.block_prefix[i], i, linears, stats, self.skel.dtype)
 
     def _block_error(self, i: int, exc: RuntimeError) -> BaseException:
         """A run-time failure inside block i as one line that says where and what to change."""

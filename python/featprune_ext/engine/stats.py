@@ -8,9 +8,10 @@ from typing import Any
 import torch
 
 from .. import ops
+from ..errors import NonFiniteError
 from ..methods import LinearStats
 
-__all__ = ["collect_stats"]
+__all__ = ["check_finite_stats", "collect_stats", "non_finite_error"]
 
 
 def collect_stats(block, linears, calls, hidden, batches, bucket_names, device,
@@ -72,3 +73,21 @@ def collect_stats(block, linears, calls, hidden, batches, bucket_names, device,
         for handle in handles:
             handle.remove()
     return stats
+
+
+def non_finite_error(matrix: str, index: int, dtype: torch.dtype) -> NonFiniteError:
+    """NaN or inf in the input of `matrix` (block `index`): the error, with the likely cause."""
+    hint = ""
+    if dtype in (torch.float16, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        hint = f"; the forward passes run in {name}, which can overflow: rerun with --dtype float32"
+    return NonFiniteError(f"non-finite activations (NaN or inf) reach the input of {matrix} (block {index}) "
+                          f"on the calibration data{hint}")
+
+
+def check_finite_stats(prefix: str, index: int, linears, stats: dict[str, LinearStats], dtype: torch.dtype) -> None:
+    """NonFiniteError naming the first linear whose input statistics hold NaN or inf."""
+    for pl in linears:
+        st = stats[pl.name]
+        if not (bool(torch.isfinite(st.sumsq).all()) and bool(torch.isfinite(st.absmax).all())):
+            raise non_finite_error(f"{prefix}{pl.name}", index, dtype)

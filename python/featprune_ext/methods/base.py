@@ -30,7 +30,7 @@ class LinearStats:
     bucket_names: list[str]
 
     @classmethod
-    def zeros(cls, features: int, bucket_names: list[str], device) -> "LinearStats":
+    def zeros(cls, features: int, bucket_names: list[str], device) -> LinearStats:
         k = len(bucket_names)
         # sumsq is float64: exact sums of the kernel's per-batch fp32 partials (engine._collect_stats)
         return cls(torch.zeros(k, features, dtype=torch.float64, device=device),
@@ -65,7 +65,7 @@ class PruneMethod:
     uses_statistics = True  # False: scores need no activations (magnitude, random)
     statistics = "sumsq"  # what the engine collects per linear: "sumsq" (LinearStats) or "hessian" (SparseGPT)
 
-    def __init__(self, *, base_buckets: list[str] | None = None, protection: "OutlierProtection | None" = None):
+    def __init__(self, *, base_buckets: list[str] | None = None, protection: OutlierProtection | None = None):
         self.base_buckets = list(base_buckets) if base_buckets else None
         self.protection = protection if protection is not None and protection.active else None
         self.matrix_notes: dict[str, dict] = {}

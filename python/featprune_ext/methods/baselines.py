@@ -33,7 +33,7 @@ class Random(PruneMethod):
     name = "random"
     uses_statistics = False
 
-    def __init__(self, seed: int = 0, *, protection: "OutlierProtection | None" = None):
+    def __init__(self, seed: int = 0, *, protection: OutlierProtection | None = None):
         super().__init__(protection=protection)
         self.seed = int(seed)
 

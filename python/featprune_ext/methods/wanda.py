@@ -35,11 +35,12 @@ class Contrastive(PruneMethod):
     name = "contrastive"
 
     def __init__(self, *, base_buckets: list[str], contrast_buckets: list[str], eps: float = 1e-6,
-                 protection: "OutlierProtection | None" = None):
+                 protection: OutlierProtection | None = None):
         if not base_buckets or not contrast_buckets:
             raise InputError("the contrastive method needs base and contrast calibration buckets")
         if set(base_buckets) & set(contrast_buckets):
-            raise InputError(f"a bucket cannot be both base and contrast: {sorted(set(base_buckets) & set(contrast_buckets))}")
+            both = sorted(set(base_buckets) & set(contrast_buckets))
+            raise InputError(f"a bucket cannot be both base and contrast: {both}")
         super().__init__(base_buckets=base_buckets, protection=protection)
         self.contrast_buckets = list(contrast_buckets)
         self.eps = float(eps)

@@ -1,0 +1,282 @@
+"""Mutation check: plant known bugs one at a time and make sure the tests catch each of them.
+
+For every mutant below, the package (python/featprune_ext plus the built _C*.so) is copied to a
+temporary directory, the bug is planted by exact text replacement (each pattern must occur exactly
+once, so a refactor that moves the code fails this script loudly instead of silently planting
+nothing), and the tests listed for it run with PYTHONPATH pointing at the copy. Every listed test
+must FAIL. The untouched copy must PASS all of them (one run). The C++ mutant recompiles the
+CPU kernel: only the mutated translation unit, relinked against the objects of the existing build
+directory when that matches the installed module (about 30 s), else a full FEATPRUNE_CUDA=OFF build.
+
+    python tests/mutations/run_mutations.py [--only NAME ...] [--keep] [-v]
+
+Exit status 0 when every mutant is caught and the untouched copy passes; 1 otherwise.
+`make mutations` runs it (CI: after `make test`). Takes about 3 minutes on 2 busy cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "python" / "featprune_ext"
+
+ENGINE_EQUIV = "tests/engine/test_engine.py::test_every_family_prunes_loads_and_matches_naive[llama]"
+
+
+@dataclass
+class Mutant:
+    name: str
+    bug: str  # what goes wrong, in words
+    file: str  # relative to the package (Python) or the repository (csrc/...)
+    edits: list  # [(exact old text, new text)], each old text must occur exactly once
+    tests: list  # pytest node ids that must each fail
+    native: bool = False  # the file is C++: rebuild _C
+    notes: list = field(default_factory=list)
+
+
+MUTANTS = [
+    Mutant("padding-counted", "padding tokens enter the statistics (the token mask is dropped)",
+           "engine/stats.py",
+           [("token_mask=mask, absmax=absmax)", "token_mask=None, absmax=absmax)")],
+           [ENGINE_EQUIV]),
+    Mutant("no-sqrt", "Wanda's column scale is the mean of x^2, not its square root",
+           "methods/base.py",
+           [("return (total / tokens).sqrt().float()", "return (total / tokens).float()")],
+           ["tests/methods/test_methods.py::test_wanda_uses_only_base_buckets", ENGINE_EQUIV]),
+    Mutant("contrast-swapped", "the contrastive method swaps the base and contrast buckets",
+           "methods/wanda.py",
+           [("base = stats.rms(self.base_buckets)\n        contrast = stats.rms(self.contrast_buckets)",
+             "base = stats.rms(self.contrast_buckets)\n        contrast = stats.rms(self.base_buckets)")],
+           ["tests/methods/test_methods.py::test_contrastive_formula_hand_computed",
+            "tests/cli/test_paper_cli.py::test_contrast_buckets_decide_the_masks"]),
+    Mutant("every-rank-every-batch", "under torchrun every rank processes every calibration batch",
+           "engine/run.py",
+           [("batches = [batches[j] for j in self.dist.batch_indices(len(batches))]", "batches = list(batches)")],
+           ["tests/engine/test_rank_share.py::test_each_rank_runs_exactly_its_round_robin_share[0]"]),
+    Mutant("tie-rule-reversed", "the portable CPU kernel breaks score ties toward the higher column",
+           "csrc/cpu/prune_rows.cpp",
+           [("for (int64_t j = 0; j < cols && ties_left > 0; ++j) {  // lower column index first",
+             "for (int64_t j = cols - 1; j >= 0 && ties_left > 0; --j) {  // MUTANT: higher index first")],
+           ["tests/native/test_prune_rows.py::test_all_equal_scores_prune_the_lowest_columns[10-portable]",
+            "tests/native/test_prune_rows.py::test_cpu_paths_match_reference[ties-constant-fp32-portable]"],
+           native=True),
+    Mutant("outputs-not-propagated", "block i+1 sees block i's dense (unpruned) outputs",
+           "engine/run.py",
+           [("entries, matrices = self._prune_block(i, linears, stats, originals)",
+             "self._dense = [c.run(block, h) for c, h in zip(calls[i], hidden)] if calls else hidden; "
+             "entries, matrices = self._prune_block(i, linears, stats, originals)"),
+            ("hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1",
+             "hidden = self._dense  # MUTANT: the unpruned outputs feed block i+1")],
+           [ENGINE_EQUIV]),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[mutations] {msg}", flush=True)
+
+
+def plant(text: str, edits: list, where: str) -> str:
+    for old, new in edits:
+        found = text.count(old)
+        if found != 1:
+            raise SystemExit(f"[mutations] pattern occurs {found} times in {where} (expected once); update "
+                             f"tests/mutations/run_mutations.py to the refactored code:\n{old}")
+        text = text.replace(old, new)
+    return text
+
+
+def installed_native() -> Path:
+    """The built extension: next to the sources (python/featprune_ext) or in the installed package."""
+    here = sorted(PACKAGE.glob("_C*.so"))
+    if here:
+        return here[0]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", "import featprune_ext._C as c; print(c.__file__)"], cwd="/",
+                         env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"[mutations] no built featprune_ext._C found (build it first: make install):\n{out.stderr}")
+    return Path(out.stdout.strip())
+
+
+def copy_package(dest: Path, native: Path) -> Path:
+    pkg = dest / "featprune_ext"
+    shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__", "_C*.so"))
+    shutil.copy2(native, pkg / native.name)
+    return pkg
+
+
+# -- the C++ mutant: rebuild _C ----------------------------------------------------------------
+def _tool(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"[mutations] {name} not found (pip install {name})")
+    return found
+
+
+def _matching_build_dir(native: Path) -> Path | None:
+    """The scikit-build directory whose _C*.so is byte-identical to the module in use (so its objects
+    are current), or None."""
+    for ninja_file in sorted((REPO / "build").glob("*/build.ninja")):
+        build = ninja_file.parent
+        built = sorted(build.glob("_C*.so"))
+        if built and built[0].read_bytes() == native.read_bytes():
+            return build
+    return None
+
+
+def build_native(source_rel: str, mutated: Path, native: Path, work: Path) -> Path:
+    """_C built with `mutated` in place of REPO/source_rel; returns the new .so."""
+    build = _matching_build_dir(native)
+    out = work / native.name
+    if build is not None:  # fast: recompile one file, relink with the existing objects
+        original = str(REPO / source_rel)
+        commands = subprocess.run([_tool("ninja"), "-C", str(build), "-t", "commands"], capture_output=True,
+                                  text=True, check=True).stdout.splitlines()
+        compile_cmd = next((c for c in commands if f" -c {original}" in c), None)
+        link_cmd = next((c for c in commands if " -shared " in c and " -o _C" in c), None)
+        if compile_cmd and link_cmd:
+            obj = shlex.split(compile_cmd)
+            obj_path = obj[obj.index("-o") + 1]
+            new_obj = str(work / "mutant.o")
+            args = []
+            skip = 0
+            for tok in obj:  # drop the dependency-file flags; point -c and -o at the mutant
+                if skip:
+                    skip -= 1
+                    continue
+                if tok in ("-MT", "-MF"):
+                    skip = 1
+                    continue
+                if tok == "-MD":
+                    continue
+                args.append({original: str(mutated), obj_path: new_obj}.get(tok, tok))
+            link = link_cmd.strip()
+            link = link[len(": && "):] if link.startswith(": && ") else link
+            link = link[:-len(" && :")] if link.endswith(" && :") else link
+            link_args = [{obj_path: new_obj}.get(tok, tok) for tok in shlex.split(link)]
+            link_args[link_args.index("-o") + 1] = str(out)
+            subprocess.run(args, cwd=build, check=True)
+            subprocess.run(link_args, cwd=build, check=True)
+            return out
+    log("no build directory matching the installed module: full CPU-only build (slower)")
+    src = work / "src"
+    shutil.copytree(REPO / "csrc", src / "csrc")
+    shutil.copy2(REPO / "CMakeLists.txt", src / "CMakeLists.txt")
+    shutil.copy2(mutated, src / source_rel)
+    pybind = subprocess.run([sys.executable, "-m", "pybind11", "--cmakedir"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    version = subprocess.run([sys.executable, "-c", "import runpy; print(runpy.run_path(%r)['__version__'])"
+                              % str(PACKAGE / "_version.py")], capture_output=True, text=True).stdout.strip()
+    subprocess.run([_tool("cmake"), "-S", str(src), "-B", str(work / "build"), "-G", "Ninja", "-DFEATPRUNE_CUDA=OFF",
+                    f"-DSKBUILD_PROJECT_VERSION={version or '0.0.0'}", f"-DPython_EXECUTABLE={sys.executable}",
+                    f"-Dpybind11_DIR={pybind}", f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([_tool("ninja"), "-C", str(work / "build")], check=True, stdout=subprocess.DEVNULL)
+    shutil.copy2(next((work / "build").glob("_C*.so")), out)
+    return out
+
+
+# -- running the tests -------------------------------------------------------------------------
+def run_tests(pythonpath: Path, tests: list, work: Path, verbose: bool) -> dict:
+    """{node id: "passed" | "failed" | "skipped" | "missing"} for the listed tests, run against `pythonpath`."""
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "PYTHONDONTWRITEBYTECODE": "1"}
+    where = subprocess.run([sys.executable, "-c", "import featprune_ext; print(featprune_ext.__file__)"],
+                           env=env, cwd=REPO, capture_output=True, text=True)
+    if not where.stdout.strip().startswith(str(pythonpath)):
+        raise SystemExit(f"[mutations] featprune_ext does not resolve to the copy in {pythonpath}: "
+                         f"{where.stdout.strip() or where.stderr}")
+    junit = work / "junit.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+           f"--junitxml={junit}", *tests]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=not verbose, text=True)
+    status = {t: "missing" for t in tests}
+    if junit.exists():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            path = case.get("file") or case.get("classname", "").replace(".", "/") + ".py"
+            node = f"{path}::{case.get('name')}"
+            if node not in status:  # classname form: tests.engine.test_engine -> tests/engine/test_engine.py
+                node = next((t for t in tests if t.endswith("::" + case.get("name"))), node)
+            failed = case.find("failure") is not None or case.find("error") is not None
+            skipped = case.find("skipped") is not None
+            status[node] = "failed" if failed else "skipped" if skipped else "passed"
+    if proc.returncode not in (0, 1) and all(v == "missing" for v in status.values()):
+        tail = (proc.stdout or "")[-3000:] + (proc.stderr or "")[-3000:]
+        raise SystemExit(f"[mutations] pytest could not run (exit {proc.returncode}):\n{tail}")
+    return status
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="run only these mutants (by name)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
+    args = parser.parse_args(argv)
+    mutants = [m for m in MUTANTS if not args.only or m.name in args.only]
+    if args.only and len(mutants) != len(args.only):
+        raise SystemExit(f"[mutations] unknown mutant in {args.only}; have {[m.name for m in MUTANTS]}")
+    t0 = time.perf_counter()
+    native = installed_native()
+    root = Path(tempfile.mkdtemp(prefix="featprune-mutations-"))
+    ok = True
+    try:
+        # plant every bug first: a pattern that no longer matches fails before any test runs
+        planted = []
+        for m in mutants:
+            base = REPO if m.native else PACKAGE
+            planted.append(plant((base / m.file).read_text(), m.edits, m.file))
+
+        all_tests = list(dict.fromkeys(t for m in mutants for t in m.tests))
+        clean = root / "untouched"
+        copy_package(clean, native)
+        t = time.perf_counter()
+        status = run_tests(clean, all_tests, root, args.verbose)
+        bad = {k: v for k, v in status.items() if v != "passed"}
+        log(f"untouched copy: {len(all_tests) - len(bad)}/{len(all_tests)} tests pass ({time.perf_counter() - t:.0f} s)")
+        if bad:
+            ok = False
+            for k, v in bad.items():
+                log(f"  NOT PASSING on the untouched copy: {k} ({v})")
+
+        for m, text in zip(mutants, planted):
+            t = time.perf_counter()
+            work = root / m.name
+            pkg = copy_package(work, native)
+            if m.native:
+                mutated = work / Path(m.file).name
+                mutated.write_text(text)
+                so = build_native(m.file, mutated, native, work)
+                shutil.copy2(so, pkg / native.name)
+            else:
+                (pkg / m.file).write_text(text)
+            status = run_tests(work, m.tests, work, args.verbose)
+            survived = [k for k, v in status.items() if v != "failed"]
+            if survived:
+                ok = False
+                log(f"SURVIVED {m.name} ({m.bug}) in {time.perf_counter() - t:.0f} s; not caught by:")
+                for k in survived:
+                    log(f"  {k} ({status[k]})")
+            else:
+                log(f"caught {m.name}: {m.bug} ({len(m.tests)} test(s) fail, {time.perf_counter() - t:.0f} s)")
+    finally:
+        if args.keep:
+            log(f"copies kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    log(f"{'all mutants caught' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
