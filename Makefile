@@ -35,6 +35,11 @@ test: lint
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# Plant known bugs one at a time (padding counted, no square root, buckets swapped, every rank on every
+# batch, a reversed kernel tie rule, unpruned outputs fed forward) and check the tests catch each one.
+mutations: install
+	$(PY) tests/mutations/run_mutations.py
+
 bench: install
 	$(PY) bench/bench_kernels.py
 

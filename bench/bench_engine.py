@@ -34,6 +34,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -159,6 +160,7 @@ def floor_child(args) -> int:
         calls, hidden = capture_block_calls(model, blocks, batches, device)
         sync()
         passes = [0.0, 0.0]
+        cpu0 = time.process_time()
         for i, block in enumerate(blocks):
             for p in range(2):
                 t = time.perf_counter()
@@ -166,20 +168,28 @@ def floor_child(args) -> int:
                 sync()
                 passes[p] += time.perf_counter() - t
             hidden = out
-    print(json.dumps({"floor_s": sum(passes), "pass_s": passes, "load_s": load_s, "tokens": calib.num_tokens,
+        cpu = time.process_time() - cpu0
+    print(json.dumps({"floor_s": sum(passes), "floor_cpu_s": cpu, "pass_s": passes, "load_s": load_s,
+                      "tokens": calib.num_tokens,
                       "batches": len(batches), "peak_rss_bytes": peak_rss_bytes(),
                       "peak_cuda_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}))
     return 0
 
 
 # -- arms ----------------------------------------------------------------------------------------
-def run_cmd(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
-    t0 = time.perf_counter()
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_cmd(cmd: list[str], env: dict | None = None) -> tuple[float, str, float]:
+    """(wall seconds, stdout, CPU seconds of the child: user + system, all its threads)."""
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return wall, proc.stdout
+    return wall, proc.stdout, cpu
 
 
 def featprune_arm(model: Path, out: Path, common: list[str], batch_size: str, dtype: str | None,
@@ -192,12 +202,15 @@ def featprune_arm(model: Path, out: Path, common: list[str], batch_size: str, dt
     if dtype:
         cmd += ["--dtype", dtype]
     load = os.getloadavg()[0]
-    wall, _ = run_cmd(cmd, env)
+    try:
+        wall, _, cpu = run_cmd(cmd, env)
+    except SystemExit as exc:  # e.g. fp16 activations overflowing: report it in the table
+        return {"error": str(exc).strip().splitlines()[-1][:200], "load": load, "wall_s": float("nan")}
     report = json.loads((out / "featprune.json").read_text())
     t = report["timings"]
     phases = dict(t.get("phases", {}))
     phases["startup_s"] = wall - t["total_s"]  # interpreter, imports, tokenizer, calibration, arguments
-    return {"wall_s": wall, "inner_s": t["total_s"], "phases": phases, "batch_size": report["batch_size"],
+    return {"wall_s": wall, "cpu_s": cpu, "inner_s": t["total_s"], "phases": phases, "batch_size": report["batch_size"],
             "tokens": report["calibration"]["tokens"], "peak_rss_bytes": report["peak_rss_bytes"], "load": load}
 
 
@@ -208,7 +221,7 @@ def floor_arm(model: Path, calib: Path, args, batch_size: int, dtype: str | None
     if dtype:
         cmd += ["--dtype", dtype]
     load = os.getloadavg()[0]
-    wall, out = run_cmd(cmd)
+    wall, out, _ = run_cmd(cmd)
     res = json.loads(out.strip().splitlines()[-1])
     res.update(wall_s=wall, load=load)
     return res
@@ -216,9 +229,10 @@ def floor_arm(model: Path, calib: Path, args, batch_size: int, dtype: str | None
 
 def naive_arm(model: Path, out: Path, common: list[str]) -> dict:
     load = os.getloadavg()[0]
-    wall, stdout = run_cmd([sys.executable, "-m", "naive", str(model), *common, "--out", str(out)])
+    wall, stdout, cpu = run_cmd([sys.executable, "-m", "naive", str(model), *common, "--out", str(out)])
     inner = json.loads(stdout.strip().splitlines()[-1])
-    return {"wall_s": wall, "inner_s": inner["wall_s"], "peak_rss_bytes": inner["peak_rss_bytes"], "load": load}
+    return {"wall_s": wall, "cpu_s": cpu, "inner_s": inner["wall_s"], "peak_rss_bytes": inner["peak_rss_bytes"],
+            "load": load}
 
 
 # -- masks -----------------------------------------------------------------------------------------
@@ -289,6 +303,7 @@ def main(argv=None) -> int:
     p.add_argument("--naive", action="store_true", help="also run the naive in-memory Wanda")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    p.add_argument("--section", default=None, help="RESULTS.md subsection (default: 'Floor: MODEL on DEVICE')")
     p.add_argument("--floor-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--calib-texts", help=argparse.SUPPRESS)
@@ -345,19 +360,20 @@ def main(argv=None) -> int:
                                         arm["src"])
                     results[arm["name"]].append(res)
                     if r == 0:
-                        digests[arm["name"]] = mask_digest(out)
+                        digests[arm["name"]] = mask_digest(out) if "error" not in res else None
                     else:
                         shutil.rmtree(out, ignore_errors=True)
                 name = arm if isinstance(arm, str) else arm["name"]
                 print(f"[{r}] {name}: {res['wall_s']:.1f} s (load {res['load']:.1f})", file=sys.stderr, flush=True)
             loads.append(os.getloadavg()[0])
         for k, arm in enumerate(arms[1:], 1):
-            if digests[arm["name"]] != digests["featprune"]:
+            if digests[arm["name"]] not in (None, digests["featprune"]):
                 agreement[arm["name"]] = mask_agreement(first_out, tmp / f"keep-{k}")
 
     gib = 2**30
     fp = results["featprune"]
     floor = _median([x["floor_s"] for x in results["floor"]])
+    floor_cpu = _median([x["floor_cpu_s"] for x in results["floor"]])
     tokens = fp[0]["tokens"]
     cmd = " ".join(["python bench/bench_engine.py", *(argv if argv is not None else sys.argv[1:])])
     lines = [
@@ -365,28 +381,38 @@ def main(argv=None) -> int:
         f"{args.model} ({model.name}), {args.device}, {args.nsamples} gettext {args.shots}-shot translation "
         f"demonstrations cut to <= {args.seqlen} tokens ({tokens} tokens), {args.sparsity:.0%} unstructured Wanda, "
         f"--batch-size {args.batch_size} (resolved: {fp[0]['batch_size']}), compute dtype "
-        f"{args.dtype or 'storage'}. Medians of {args.repeats} interleaved repeats. Measured "
+        f"{args.dtype or 'storage'}. Medians of {args.repeats} interleaved repeats (CPU s: user + system time of the "
+        f"featprune process, and of the floor's two timed passes; less sensitive than wall time to the other jobs "
+        f"on this machine). Measured "
         f"{time.strftime('%Y-%m-%d %H:%M')} on {machine}; load average during the runs "
         f"{min(loads):.1f}-{max(loads):.1f}.",
         "",
-        "| arm | wall s | x floor | masks vs featprune | peak RSS GiB |",
-        "|---|---:|---:|---|---:|",
+        "| arm | wall s | x floor | CPU s | x floor CPU | masks vs featprune | peak RSS GiB |",
+        "|---|---:|---:|---:|---:|---|---:|",
         f"| floor: 2 plain forward passes of every block (model in memory; pass 1 / pass 2 "
         f"{_median([x['pass_s'][0] for x in results['floor']]):.1f} / "
-        f"{_median([x['pass_s'][1] for x in results['floor']]):.1f} s) | {floor:.1f} | 1.00 | | "
+        f"{_median([x['pass_s'][1] for x in results['floor']]):.1f} s) | {floor:.1f} | 1.00 | {floor_cpu:.1f} | "
+        f"1.00 | | "
         f"{_median([x['peak_rss_bytes'] for x in results['floor']]) / gib:.2f} |",
     ]
     for arm in arms:
-        rs = results[arm["name"]]
+        rs = [x for x in results[arm["name"]] if "error" not in x]
+        if not rs:
+            lines.append(f"| {arm['name']} | failed: {results[arm['name']][0]['error']} | | | | | |")
+            continue
         wall = _median([x["wall_s"] for x in rs])
         masks = ("(reference)" if arm["name"] == "featprune" else
                  "identical (same digest)" if digests[arm["name"]] == digests["featprune"] else
                  f"{agreement[arm['name']] * 100:.3f}% of entries agree")
-        lines.append(f"| {arm['name']} end to end (process) | {wall:.1f} | {wall / floor:.2f} | {masks} | "
+        cpu = _median([x["cpu_s"] for x in rs])
+        lines.append(f"| {arm['name']} end to end (process) | {wall:.1f} | {wall / floor:.2f} | {cpu:.1f} | "
+                     f"{cpu / floor_cpu:.2f} | {masks} | "
                      f"{_median([x['peak_rss_bytes'] for x in rs]) / gib:.2f} |")
     if results["naive"]:
         wall = _median([x["wall_s"] for x in results["naive"]])
-        lines.append(f"| naive in-memory Wanda (process) | {wall:.1f} | {wall / floor:.2f} | "
+        cpu = _median([x["cpu_s"] for x in results["naive"]])
+        lines.append(f"| naive in-memory Wanda (process) | {wall:.1f} | {wall / floor:.2f} | {cpu:.1f} | "
+                     f"{cpu / floor_cpu:.2f} | "
                      f"{agreement['naive'] * 100:.3f}% of entries agree | "
                      f"{_median([x['peak_rss_bytes'] for x in results['naive']]) / gib:.2f} |")
     lines += ["", "Per phase (median seconds; read and write are busy time on the prefetch and writer threads, "
@@ -395,17 +421,17 @@ def main(argv=None) -> int:
     header = "| phase | " + " | ".join(a["name"] for a in arms) + " |"
     lines += [header, "|---|" + "---:|" * len(arms)]
     for ph in PHASE_ORDER:
-        vals = [_median([x["phases"].get(ph) for x in results[a["name"]]]) for a in arms]
+        vals = [_median([x["phases"].get(ph) for x in results[a["name"]] if "error" not in x]) for a in arms]
         label = ph[:-2] + (" (background)" if ph in BACKGROUND else "")
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
-    main_sum = [_median([sum(v for k, v in x["phases"].items() if k not in BACKGROUND) for x in results[a["name"]]])
-                for a in arms]
+    main_sum = [_median([sum(v for k, v in x["phases"].items() if k not in BACKGROUND) for x in results[a["name"]]
+                         if "error" not in x]) for a in arms]
     lines.append("| main thread + startup (sum) | " + " | ".join(f"{v:.2f}" for v in main_sum) + " |")
     body = "\n".join(lines)
     print(body)
     print(json.dumps({"digests": digests, "agreement": agreement}), file=sys.stderr)
     if not args.no_write:
-        update_results(f"Floor: {args.model} on {args.device}", body)
+        update_results(args.section or f"Floor: {args.model} on {args.device}", body)
         print(f"\nupdated {RESULTS}")
     return 0
 

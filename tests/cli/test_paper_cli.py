@@ -100,6 +100,35 @@ def test_contrastive_with_protection_writes_report(tiny, tmp_path):
             assert info["protected"] == protected[name], name
 
 
+def test_protect_absmax_end_to_end_matches_oracle(tiny, tmp_path):
+    """--protect-absmax T: the columns whose max |x| over the calibration tokens reaches T stay dense
+    in the matrices that read the hidden state, exactly as the naive model finds them."""
+    model, corpus = tiny
+    out, threshold = tmp_path / "out", 3.0
+    assert run(model, "--out", out, "--calib", "mt:fr-en", "--data", corpus, "--nsamples", 4, "--shots", 2,
+               "--seqlen", 64, "--sparsity", 0.5, "--protect-absmax", threshold, "--batch-size", 2) == 0
+    report = json.loads((out / "featprune.json").read_text())
+    assert report["method"]["protection"] == {"top_percent": 0.0, "absmax_threshold": threshold}
+    tok = AutoTokenizer.from_pretrained(model)
+    calib = build_contrast_calibration("mt:fr-en", None, tok, data=corpus, **CALIB)
+
+    def protect(st, name):
+        return st.max_abs() >= threshold if name.split(".")[-2] in READS_HIDDEN else None
+
+    protected = {}
+    masks = naive_prune(model, calib, sparsity=0.5, batch_size=2, protect=protect, protected_out=protected)
+    weights = {}
+    for shard in out.glob("*.safetensors"):
+        weights.update(load_file(shard))
+    counts = []
+    for layer in report["layers"]:
+        for name, info in layer["matrices"].items():
+            assert info["protected"] == protected[name], name
+            assert torch.equal(weights[name] == 0, masks[name]), name
+            counts.append(info["protected_columns"])
+    assert 0 < max(counts) < 16 and min(counts) == 0  # some columns protected, never all, never o/down_proj
+
+
 def test_contrast_buckets_decide_the_masks(tiny, tmp_path):
     """Base and contrast play different roles: swapping them, or ignoring the contrast set, changes
     the masks, and the engine follows the oracle in each case."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from featprune_ext import cli
 
 
@@ -41,10 +43,9 @@ def test_without_preset_the_report_says_so(tiny_model, calib_jsonl, tmp_path):
 
 
 def test_help_states_the_defaults(capsys):
-    try:
+    with pytest.raises(SystemExit) as exc:
         cli.main(["prune", "--help"])
-    except SystemExit:
-        pass
+    assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "default 128; 100 with --preset paper" in text
     assert "default 4" in text and "min(2048, model limit); 512 with --preset paper" in text

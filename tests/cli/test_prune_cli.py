@@ -11,11 +11,8 @@ import pytest
 import torch
 
 from featprune_ext import cli
-
-from featprune_ext.engine import checkpoint
+from featprune_ext.engine import checkpoint, families
 from featprune_ext.files import disk_full
-
-from featprune_ext.engine import families
 
 FAMILY = "llama"
 

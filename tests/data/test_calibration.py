@@ -197,7 +197,8 @@ def test_determinism_by_seed_and_bucket_independence(tokenizer, tsv):
 
 
 def _write_mo(path: Path, messages: dict) -> None:
-    entries = {b"": b"Content-Type: text/plain; charset=UTF-8\n", **{k.encode(): v.encode() for k, v in messages.items()}}
+    entries = {b"": b"Content-Type: text/plain; charset=UTF-8\n",
+               **{k.encode(): v.encode() for k, v in messages.items()}}
     keys = sorted(entries)
     n, blob, tables = len(keys), b"", []
     data_at = 28 + 16 * n
@@ -211,7 +212,8 @@ def _write_mo(path: Path, messages: dict) -> None:
 
 def test_no_evaluation_sentence_in_calibration(tokenizer, tmp_path):
     english = [f"Message number {i} was delivered to the server." for i in range(60)]
-    _write_mo(tmp_path / "loc/fr/LC_MESSAGES/a.mo", {e: f"Le message numéro {i} a été livré." for i, e in enumerate(english)})
+    _write_mo(tmp_path / "loc/fr/LC_MESSAGES/a.mo",
+              {e: f"Le message numéro {i} a été livré." for i, e in enumerate(english)})
     manifest = build_gettext_corpus(["fr"], tmp_path / "corpus", eval_fraction=0.3, locale_root=tmp_path / "loc")
     n_calib = manifest["languages"]["fr"]["counts"]["calib"]
     evals = {json.loads(x)["en"] for x in (tmp_path / "corpus/pairs/fr.jsonl").read_text().splitlines()
@@ -287,4 +289,5 @@ def test_bad_inputs(tokenizer, tsv, tmp_path):
 
     with pytest.raises(ValueError, match="no eos token"):
         build_calibration("mt:fr-en", NoEos(), data=tsv, nsamples=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "empty.jsonl", "few.jsonl", "nocode", "pairs.tsv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "empty.jsonl", "few.jsonl", "nocode",
+                                                          "pairs.tsv"]

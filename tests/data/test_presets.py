@@ -34,7 +34,8 @@ def test_paper_preset_values_and_explicit_overrides(tmp_path):
     assert s.record["data_split"] == "dev" and s.record["settings"] == PAPER_PRESET
     s = resolve_settings("paper", nsamples=32, shots=4, seqlen=256, calib="mt:fra_Latn-eng_Latn", data=data)
     assert (s.nsamples, s.shots, s.seqlen) == (32, 4, 256)
-    assert s.record["overridden"] == {"nsamples": 32, "seqlen": 256}  # an explicit value equal to the preset's is no override
+    # an explicit value equal to the preset's (shots=4) is no override
+    assert s.record["overridden"] == {"nsamples": 32, "seqlen": 256}
     assert s.record["used"] == {"nsamples": 32, "shots": 4, "seqlen": 256}
 
 

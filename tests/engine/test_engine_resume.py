@@ -66,3 +66,23 @@ def test_resume_without_partial_starts_fresh(tiny_model, calib_jsonl, tmp_path):
     done = run(cmd(src, tmp_path / "o", calib_jsonl, "--resume"))
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "o" / "featprune.json").read_text())["resumed_from_block"] is None
+
+
+def test_resume_points_can_be_sparse(tiny_model, calib_jsonl, tmp_path):
+    """Blocks whose outputs are not saved (large activations: run.py _resume_point_due) are redone by
+    --resume from the last saved block, and the output is still bit-identical."""
+    src = tiny_model(FAMILY)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert run(cmd(src, ref, calib_jsonl)).returncode == 0
+    killed = run(cmd(src, out, calib_jsonl), FEATPRUNE_TEST_DIE_AFTER_BLOCK="2", FEATPRUNE_TEST_RESUME_EVERY="2")
+    assert killed.returncode == -signal.SIGKILL
+    partial = tmp_path / "out.partial"
+    progress = json.loads((partial / PROGRESS_NAME).read_text())
+    assert progress["blocks_done"] == 2 and len(progress["layers"]) == 2  # block 2 is on disk, not a resume point
+    assert (partial / progress["activations"]).exists()
+    resumed = run(cmd(src, out, calib_jsonl, "--resume"), FEATPRUNE_TEST_RESUME_EVERY="2")
+    assert resumed.returncode == 0, resumed.stderr
+    for f in weight_files(ref):
+        assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+    report = json.loads((out / "featprune.json").read_text())
+    assert report["resumed_from_block"] == 2 and [r["index"] for r in report["layers"]] == [0, 1, 2, 3]

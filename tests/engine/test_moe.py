@@ -143,12 +143,12 @@ def test_per_expert_statistics_equal_an_independent_computation(tiny_model, tmp_
 def _starve_last_expert(model_dir: Path, family: str) -> None:
     """Router rows a, -a, b, -b, 0: every token has a positive logit in each of the two pairs, so
     top-2 never picks expert 4 (logit 0)."""
+    def rows(w, seed):
+        a, b = torch.randn(2, w.shape[1], generator=torch.Generator().manual_seed(seed))
+        return torch.stack([a, -a, b, -b, torch.zeros_like(a)])
+
     for i in range(LAYERS):
-        def fn(w):
-            torch.manual_seed(i)
-            a, b = torch.randn(2, w.shape[1])
-            return torch.stack([a, -a, b, -b, torch.zeros_like(a)])
-        edit_tensor(model_dir, router_keys(family, i)[0], fn)
+        edit_tensor(model_dir, router_keys(family, i)[0], lambda w, i=i: rows(w, i))
 
 
 @pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])

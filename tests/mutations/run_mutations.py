@@ -6,7 +6,8 @@ once, so a refactor that moves the code fails this script loudly instead of sile
 nothing), and the tests listed for it run with PYTHONPATH pointing at the copy. Every listed test
 must FAIL. The untouched copy must PASS all of them (one run). The C++ mutant recompiles the
 CPU kernel: only the mutated translation unit, relinked against the objects of the existing build
-directory when that matches the installed module (about 30 s), else a full FEATPRUNE_CUDA=OFF build.
+directory when that matches the installed module (about 30 s), else in a CPU-only build directory of
+its own (build/mutations/: a full build the first time, one file after that).
 
     python tests/mutations/run_mutations.py [--only NAME ...] [--keep] [-v]
 
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +71,7 @@ MUTANTS = [
            [("for (int64_t j = 0; j < cols && ties_left > 0; ++j) {  // lower column index first",
              "for (int64_t j = cols - 1; j >= 0 && ties_left > 0; --j) {  // MUTANT: higher index first")],
            ["tests/native/test_prune_rows.py::test_all_equal_scores_prune_the_lowest_columns[10-portable]",
-            "tests/native/test_prune_rows.py::test_cpu_paths_match_reference[ties-constant-fp32-portable]"],
+            "tests/native/test_prune_rows.py::test_heavy_ties_follow_stable_order[portable-constant-ones-fp32-cpu]"],
            native=True),
     Mutant("outputs-not-propagated", "block i+1 sees block i's dense (unpruned) outputs",
            "engine/run.py",
@@ -109,9 +111,9 @@ def installed_native() -> Path:
     return Path(out.stdout.strip())
 
 
-def copy_package(dest: Path, native: Path) -> Path:
+def copy_package(dest: Path, native: Path, source: Path = PACKAGE) -> Path:
     pkg = dest / "featprune_ext"
-    shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__", "_C*.so"))
+    shutil.copytree(source, pkg, ignore=shutil.ignore_patterns("__pycache__", "_C*.so"))
     shutil.copy2(native, pkg / native.name)
     return pkg
 
@@ -164,34 +166,42 @@ def build_native(source_rel: str, mutated: Path, native: Path, work: Path) -> Pa
                 args.append({original: str(mutated), obj_path: new_obj}.get(tok, tok))
             link = link_cmd.strip()
             link = link[len(": && "):] if link.startswith(": && ") else link
-            link = link[:-len(" && :")] if link.endswith(" && :") else link
+            link = link.split(" && ")[0]  # the link itself; post-build steps (strip) are not needed
             link_args = [{obj_path: new_obj}.get(tok, tok) for tok in shlex.split(link)]
             link_args[link_args.index("-o") + 1] = str(out)
             subprocess.run(args, cwd=build, check=True)
             subprocess.run(link_args, cwd=build, check=True)
             return out
-    log("no build directory matching the installed module: full CPU-only build (slower)")
-    src = work / "src"
-    shutil.copytree(REPO / "csrc", src / "csrc")
-    shutil.copy2(REPO / "CMakeLists.txt", src / "CMakeLists.txt")
-    shutil.copy2(mutated, src / source_rel)
-    pybind = subprocess.run([sys.executable, "-m", "pybind11", "--cmakedir"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    version = subprocess.run([sys.executable, "-c", "import runpy; print(runpy.run_path(%r)['__version__'])"
-                              % str(PACKAGE / "_version.py")], capture_output=True, text=True).stdout.strip()
-    subprocess.run([_tool("cmake"), "-S", str(src), "-B", str(work / "build"), "-G", "Ninja", "-DFEATPRUNE_CUDA=OFF",
-                    f"-DSKBUILD_PROJECT_VERSION={version or '0.0.0'}", f"-DPython_EXECUTABLE={sys.executable}",
-                    f"-Dpybind11_DIR={pybind}", f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([_tool("ninja"), "-C", str(work / "build")], check=True, stdout=subprocess.DEVNULL)
-    shutil.copy2(next((work / "build").glob("_C*.so")), out)
+    # Otherwise a CPU-only build of our own, kept in build/mutations/ so later runs only recompile
+    # what changed (the first one builds everything: a minute or two).
+    log("no build directory matching the installed module: CPU-only build in build/mutations/")
+    own = REPO / "build" / "mutations"
+    src, bdir = own / "src", own / "build"
+    for f in [REPO / "CMakeLists.txt", *sorted(p for p in (REPO / "csrc").rglob("*") if p.is_file())]:
+        dst = src / f.relative_to(REPO)
+        if not dst.exists() or dst.read_bytes() != f.read_bytes():  # unchanged files are left alone
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dst)  # a fresh mtime: ninja rebuilds what depends on it
+    (src / source_rel).write_text(mutated.read_text())
+    if not (bdir / "build.ninja").exists():
+        pybind = subprocess.run([sys.executable, "-m", "pybind11", "--cmakedir"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        read_version = f"import runpy; print(runpy.run_path({str(PACKAGE / '_version.py')!r})['__version__'])"
+        version = subprocess.run([sys.executable, "-c", read_version], capture_output=True, text=True).stdout.strip()
+        subprocess.run([_tool("cmake"), "-S", str(src), "-B", str(bdir), "-G", "Ninja", "-DFEATPRUNE_CUDA=OFF",
+                        f"-DSKBUILD_PROJECT_VERSION={version or '0.0.0'}", f"-DPython_EXECUTABLE={sys.executable}",
+                        f"-Dpybind11_DIR={pybind}", f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}"],
+                       check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([_tool("ninja"), "-C", str(bdir)], check=True, stdout=subprocess.DEVNULL)
+    shutil.copy2(next(bdir.glob("_C*.so")), out)
     return out
 
 
 # -- running the tests -------------------------------------------------------------------------
 def run_tests(pythonpath: Path, tests: list, work: Path, verbose: bool) -> dict:
     """{node id: "passed" | "failed" | "skipped" | "missing"} for the listed tests, run against `pythonpath`."""
-    env = {**os.environ, "PYTHONPATH": str(pythonpath), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "PYTHONDONTWRITEBYTECODE": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # tiny tensors: threads only contend
     where = subprocess.run([sys.executable, "-c", "import featprune_ext; print(featprune_ext.__file__)"],
                            env=env, cwd=REPO, capture_output=True, text=True)
     if not where.stdout.strip().startswith(str(pythonpath)):
@@ -211,9 +221,10 @@ def run_tests(pythonpath: Path, tests: list, work: Path, verbose: bool) -> dict:
             failed = case.find("failure") is not None or case.find("error") is not None
             skipped = case.find("skipped") is not None
             status[node] = "failed" if failed else "skipped" if skipped else "passed"
-    if proc.returncode not in (0, 1) and all(v == "missing" for v in status.values()):
+    if any(v == "missing" for v in status.values()):  # not collected: an import error, a renamed test
         tail = (proc.stdout or "")[-3000:] + (proc.stderr or "")[-3000:]
-        raise SystemExit(f"[mutations] pytest could not run (exit {proc.returncode}):\n{tail}")
+        log(f"pytest exit {proc.returncode}; tests not run: {[k for k, v in status.items() if v == 'missing']}"
+            f"\n{tail}")
     return status
 
 
@@ -222,6 +233,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", help="run only these mutants (by name)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
+    parser.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="pytest runs at a time (default: 2, or 1 on one core); each uses one thread")
     args = parser.parse_args(argv)
     mutants = [m for m in MUTANTS if not args.only or m.name in args.only]
     if args.only and len(mutants) != len(args.only):
@@ -231,44 +244,53 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="featprune-mutations-"))
     ok = True
     try:
-        # plant every bug first: a pattern that no longer matches fails before any test runs
+        # One snapshot of the sources, so every run sees the same code even while someone edits the tree.
+        snapshot = copy_package(root / "snapshot", native)
+        # Plant every bug first: a pattern that no longer matches fails before any test runs.
         planted = []
         for m in mutants:
-            base = REPO if m.native else PACKAGE
-            planted.append(plant((base / m.file).read_text(), m.edits, m.file))
+            text = (REPO / m.file).read_text() if m.native else (snapshot / m.file).read_text()
+            planted.append(plant(text, m.edits, m.file))
 
+        # Prepare every copy (the C++ mutant is compiled here), then run the tests, `--jobs` at a time.
         all_tests = list(dict.fromkeys(t for m in mutants for t in m.tests))
         clean = root / "untouched"
-        copy_package(clean, native)
-        t = time.perf_counter()
-        status = run_tests(clean, all_tests, root, args.verbose)
-        bad = {k: v for k, v in status.items() if v != "passed"}
-        log(f"untouched copy: {len(all_tests) - len(bad)}/{len(all_tests)} tests pass ({time.perf_counter() - t:.0f} s)")
-        if bad:
-            ok = False
-            for k, v in bad.items():
-                log(f"  NOT PASSING on the untouched copy: {k} ({v})")
-
+        copy_package(clean, native, snapshot)
         for m, text in zip(mutants, planted):
             t = time.perf_counter()
-            work = root / m.name
-            pkg = copy_package(work, native)
+            pkg = copy_package(root / m.name, native, snapshot)
             if m.native:
-                mutated = work / Path(m.file).name
+                mutated = root / m.name / Path(m.file).name
                 mutated.write_text(text)
-                so = build_native(m.file, mutated, native, work)
-                shutil.copy2(so, pkg / native.name)
+                shutil.copy2(build_native(m.file, mutated, native, root / m.name), pkg / native.name)
+                log(f"built _C with {m.name} ({time.perf_counter() - t:.0f} s)")
             else:
                 (pkg / m.file).write_text(text)
-            status = run_tests(work, m.tests, work, args.verbose)
-            survived = [k for k, v in status.items() if v != "failed"]
-            if survived:
-                ok = False
-                log(f"SURVIVED {m.name} ({m.bug}) in {time.perf_counter() - t:.0f} s; not caught by:")
-                for k in survived:
-                    log(f"  {k} ({status[k]})")
-            else:
-                log(f"caught {m.name}: {m.bug} ({len(m.tests)} test(s) fail, {time.perf_counter() - t:.0f} s)")
+
+        def job(name, tests):
+            t = time.perf_counter()
+            return name, run_tests(root / name, tests, root / name, args.verbose), time.perf_counter() - t
+
+        runs = [("untouched", all_tests)] + [(m.name, m.tests) for m in mutants]
+        by_name = {m.name: m for m in mutants}
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for name, status, took in (f.result() for f in as_completed([pool.submit(job, *r) for r in runs])):
+                if name == "untouched":
+                    bad = {k: v for k, v in status.items() if v != "passed"}
+                    log(f"untouched copy: {len(all_tests) - len(bad)}/{len(all_tests)} tests pass ({took:.0f} s)")
+                    for k, v in bad.items():
+                        log(f"  NOT PASSING on the untouched copy: {k} ({v})")
+                    ok &= not bad
+                    continue
+                m = by_name[name]
+                survived = [k for k, v in status.items() if v != "failed"]
+                if survived:
+                    ok = False
+                    log(f"SURVIVED {m.name} ({m.bug}) in {took:.0f} s; not caught by:")
+                    for k in survived:
+                        log(f"  {k} ({status[k]})")
+                else:
+                    log(f"caught {m.name}: {m.bug} ({len(m.tests)} test(s) fail, {took:.0f} s)")
     finally:
         if args.keep:
             log(f"copies kept in {root}")

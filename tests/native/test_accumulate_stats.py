@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_cases import DTYPE_IDS, DTYPES, devices
 
 from featprune_ext import ops, reference
-from kernel_cases import DTYPE_IDS, DTYPES, devices
 
 RTOL = 1e-5  # fp32 sums of the same values in different orders
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_cases import DTYPE_IDS, DTYPES, devices, make_scale, make_weight
 
 from featprune_ext import ops, reference
-from kernel_cases import DTYPE_IDS, DTYPES, devices, make_scale, make_weight
 
 SHAPES = [(1, 1), (7, 13), (33, 64), (769, 257), (5, 5125)]
 SPARSITIES = [0.0, 0.3, 0.5, 0.9]
@@ -46,7 +46,9 @@ def test_unstructured_matches_reference(device, dtype, shape, sparsity):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("weights,scales", [("quantized", "random"), ("normal", "zero_cols"),
                                             ("constant", "ones"), ("quantized", "ones")])
-def test_heavy_ties_follow_stable_order(device, dtype, weights, scales):
+@pytest.mark.parametrize("simd", ["1", "0"], ids=["simd", "portable"])  # both CPU selection paths
+def test_heavy_ties_follow_stable_order(monkeypatch, device, dtype, weights, scales, simd):
+    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", simd)
     w = make_weight(37, 200, dtype, device, kind=weights)
     scale = make_scale(200, device, kind=scales)
     run_and_check(w, scale, sparsity=0.5)

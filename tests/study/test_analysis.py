@@ -7,14 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import build_tiny_model
 
 from featprune_ext.cli import main as cli_main
 from featprune_ext.data.calibration import build_calibration
 from featprune_ext.study import analysis as A
-from tiny_models import build_tiny_model
 
 PAIRS = [("Open the file.", "Ouvrir le fichier."), ("Save your changes.", "Enregistrez vos modifications."),
-         ("Close the window.", "Fermez la fenêtre."), ("The printer is out of paper.", "L'imprimante n'a plus de papier."),
+         ("Close the window.", "Fermez la fenêtre."),
+         ("The printer is out of paper.", "L'imprimante n'a plus de papier."),
          ("Delete this item?", "Supprimer cet élément ?"), ("Connection refused.", "Connexion refusée."),
          ("Select a folder.", "Sélectionnez un dossier."), ("Print the page.", "Imprimer la page."),
          ("Restart the computer.", "Redémarrez l'ordinateur."), ("The disk is full.", "Le disque est plein.")]

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from tiny_models import build_tiny_model
 
 from featprune_ext.cli import main as cli_main
 from featprune_ext.study import runner, tasks
 from featprune_ext.study.scorer import Scorer
 from featprune_ext.study.tasks import EvalError
-from tiny_models import build_tiny_model
 
 EN = ["Open the file.", "Save your changes.", "Close the window now.", "The printer is out of paper.",
       "Delete this item?", "Connection refused by the server.", "Select a folder first.", "Print the page.",
@@ -52,7 +52,8 @@ def write_task_files(root):
     with open(marc / "en.jsonl", "w", encoding="utf-8") as fh:
         for i, (body, stars) in enumerate([("Great product, works well.", 5), ("Broke after a day.", 1),
                                            ("It is fine.", 3), ("Terrible, do not buy.", 2), ("Love it.", 4)]):
-            fh.write(json.dumps({"review_id": f"r{i}", "review_body": body, "review_title": "t", "stars": stars}) + "\n")
+            fh.write(json.dumps({"review_id": f"r{i}", "review_body": body, "review_title": "t",
+                                "stars": stars}) + "\n")
     return root
 
 
@@ -174,7 +175,7 @@ def test_translation_choice_task_and_consistency(env):
 def test_translation_choice_parallel_pool(env, tmp_path):
     # de lacks two of the evaluation sentences: with parallel=True neither language uses them.
     corpus = tmp_path / "c.jsonl"
-    rows = [json.loads(l) for l in env["corpus"].read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line) for line in env["corpus"].read_text(encoding="utf-8").splitlines()]
     for r in rows[1:4:2]:
         del r["de"]
     corpus.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

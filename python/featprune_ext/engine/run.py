@@ -63,6 +63,13 @@ COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16
 # or at a phase of block i (FEATPRUNE_TEST_DIE_AT=read:i | stats:i | write:i | rename:0), with
 # FEATPRUNE_TEST_SIGNAL=INT to send SIGINT (Ctrl-C) instead of SIGKILL.
 _DIE_ENV = "FEATPRUNE_TEST_DIE_AFTER_BLOCK"
+# A block's saved outputs make it a resume point. When they are large next to the block's weights (e.g.
+# 128 x 2048 tokens of a 7B model: 2 GiB per block, five times its shard), saving them every block would
+# cost more than the block's compute on a GPU, so such blocks become resume points at most every
+# FEATPRUNE_RESUME_INTERVAL_S seconds (default 60); the blocks after the last resume point are redone,
+# bit for bit, by --resume. Small activations (and distributed runs) make every block a resume point.
+_RESUME_INTERVAL_ENV = "FEATPRUNE_RESUME_INTERVAL_S"
+_NOT_A_RESUME_POINT = object()
 _DIE_AT_ENV = "FEATPRUNE_TEST_DIE_AT"
 
 
@@ -266,6 +273,9 @@ class _Run:
     def _write_block_now(self, i: int, entries, next_hidden, layer_report) -> None:
         write_safetensors(self.part / self.shard_name[i + 1], entries)
         _die_if_asked("write", i)
+        if next_hidden is _NOT_A_RESUME_POINT:  # progress.json keeps the last resume point
+            self.layers.append(layer_report)
+            return
         new_act = None
         if next_hidden is not None:
             new_act = self._act_name(i + 1)
@@ -362,7 +372,7 @@ class _Run:
                 report["time_s"] = round(time.perf_counter() - t_block, 4)
                 if self.dist.enabled:
                     # every rank's activations are on disk before rank 0 records the block as done
-                    if not self.dist.is_writer and next_hidden is not None:
+                    if not self.dist.is_writer and next_hidden is not None and next_hidden is not _NOT_A_RESUME_POINT:
                         atomic_save_torch(self.part / self._act_name(i + 1), next_hidden)
                     self.dist.barrier()
                 if self.dist.is_writer:
@@ -420,7 +430,10 @@ class _Run:
         if method.needs_calibration and i + 1 < skel.num_blocks:
             with self.timer.phase("pruned_pass_s", sync=True):
                 hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1
-                next_hidden = [h.to("cpu") for h in hidden] if device.type == "cuda" else hidden
+                if not self._resume_point_due(i, hidden):
+                    next_hidden = _NOT_A_RESUME_POINT
+                else:
+                    next_hidden = [h.to("cpu") for h in hidden] if device.type == "cuda" else hidden
         with self.timer.phase("attach_s"):
             skel.release_block(i)
             del block
@@ -433,6 +446,20 @@ class _Run:
         if device.type == "cuda":
             report["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
         return hidden, next_hidden, entries, report
+
+    def _resume_point_due(self, i: int, hidden) -> bool:
+        """Whether block i's outputs are saved (see _RESUME_INTERVAL_ENV)."""
+        now = time.perf_counter()
+        last = getattr(self, "t_resume_point", None) or getattr(self, "t_execute", now)
+        act = sum(h.numel() * h.element_size() for h in hidden)
+        weights = sum(self.ckpt.info(k).nbytes for k in self.skel.block_keys[i])
+        interval = float(os.environ.get(_RESUME_INTERVAL_ENV, "60"))
+        every = os.environ.get("FEATPRUNE_TEST_RESUME_EVERY")  # tests: resume points at blocks k-1, 2k-1, ...
+        due = (i + 1) % int(every) == 0 if every else act <= 2 * weights or now - last >= interval
+        if self.dist.enabled or due:
+            self.t_resume_point = now
+            return True
+        return False
 
     def _check_activations(self, i: int, linears, stats) -> None:
         """NaN or inf in a linear's inputs: name the block and the linear, and the likely cause."""

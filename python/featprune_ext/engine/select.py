@@ -72,7 +72,7 @@ class Selection:
     ignore: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, targets: Patterns = None, ignore: Patterns = None) -> "Selection":
+    def of(cls, targets: Patterns = None, ignore: Patterns = None) -> Selection:
         """From a pattern, a list of them or None; InputError on an empty or malformed pattern."""
         return cls(_as_tuple(targets, "--targets"), _as_tuple(ignore, "--ignore"))
 
@@ -87,7 +87,7 @@ class Selection:
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps([self.targets, self.ignore]).encode()).hexdigest()[:16]
 
-    def resolve(self, skel) -> "ResolvedSelection":
+    def resolve(self, skel) -> ResolvedSelection:
         """Match the patterns against every block of `skel` (a ModelSkeleton); InputError when a
         pattern matches nothing or nothing is left to prune."""
         classes: set[str] = set()
