@@ -174,22 +174,22 @@ def accumulate_hessian(
     count: torch.Tensor,
     *,
     token_mask: torch.Tensor | None = None,
-    workspace: torch.Tensor | None = None,
 ) -> None:
     """hessian += X^T X over the counted tokens of x (rows = tokens); count += their number.
 
     x: [..., F] float32/float16/bfloat16. hessian: float32 or float64 [F, F], contiguous;
     count: int64 [1]. token_mask: bool/uint8 of shape x.shape[:-1]; 0 marks padding, which
     is skipped. This is SparseGPT's (unscaled) Hessian sum: H = 2 * hessian / count.
-    workspace: optional fp32 [F, F] buffer for the float64 case (else one is allocated per call).
 
     A documented torch matmul, not a native kernel: the product is one GEMM (BLAS sgemm on
     CPU, cuBLAS on CUDA) that already runs near the machine's peak, which a hand-written
     kernel would only approach (bench/RESULTS.md, "Hessian accumulation"). The product is
     always formed in fp32 (inputs upcast): added into a float32 `hessian` by the GEMM itself
-    (addmm), or formed in `workspace` and added to a float64 `hessian`: each batch's fp32 sum
-    is then added exactly in practice, so the total does not depend on the batch order or on
-    how batches were split among ranks (what the engine uses).
+    (addmm), or formed and added to a float64 `hessian`: each batch's fp32 sum is then added
+    exactly in practice, so the total does not depend on the batch order or on how batches were
+    split among ranks (what the engine uses). On CPU the float64 case runs in row chunks of at
+    most 4M entries (fp32 product, cast into a float64 buffer, same-dtype add: torch's
+    mixed-dtype add is a scalar loop), so it needs no [F, F] temporary.
     """
     _check_tensor("x", x, dtypes=_FLOAT_DTYPES)
     if x.dim() < 1:
@@ -201,10 +201,8 @@ def accumulate_hessian(
     _check_tensor("count", count, dtypes=(torch.int64,), device=device, shape=(1,))
     if token_mask is not None:
         _check_tensor("token_mask", token_mask, dtypes=(torch.bool, torch.uint8), device=device, shape=x.shape[:-1])
-    if workspace is not None:
-        _check_tensor("workspace", workspace, dtypes=(torch.float32,), device=device, shape=(features, features))
-    for name, t in (("hessian", hessian), ("count", count), ("workspace", workspace)):
-        if t is not None and not t.is_contiguous():
+    for name, t in (("hessian", hessian), ("count", count)):
+        if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous (it is an accumulator written in place)")
     rows = x.reshape(-1, features)
     if token_mask is not None:
@@ -214,8 +212,17 @@ def accumulate_hessian(
     rows = rows.float()  # no copy for fp32 input
     if hessian.dtype == torch.float32:
         hessian.addmm_(rows.t(), rows)
+    elif device.type != "cpu":
+        hessian.add_(torch.mm(rows.t(), rows))
     else:
-        hessian += torch.mm(rows.t(), rows, out=workspace) if workspace is not None else torch.mm(rows.t(), rows)
+        step = max(256, (1 << 22) // max(features, 1))
+        part = torch.empty(min(step, features), features, dtype=torch.float32)
+        wide = torch.empty(min(step, features), features, dtype=torch.float64)
+        for r0 in range(0, features, step):
+            r1 = min(r0 + step, features)
+            torch.mm(rows[:, r0:r1].t(), rows, out=part[:r1 - r0])
+            wide[:r1 - r0].copy_(part[:r1 - r0])
+            hessian[r0:r1].add_(wide[:r1 - r0])
     count += rows.shape[0]
 
 

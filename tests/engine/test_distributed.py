@@ -31,7 +31,8 @@ def free_port() -> int:
 
 def prune_cmd(model, out, calib, nsamples, seqlen, *extra):
     return ["-m", "featprune_ext.cli", "prune", str(model), "--out", str(out), "--calib-texts", str(calib),
-            "--nsamples", str(nsamples), "--seqlen", str(seqlen), "--sparsity", "0.5", "--no-progress", *extra]
+            "--nsamples", str(nsamples), "--seqlen", str(seqlen), "--sparsity", "0.5", "--no-progress",
+            "--batch-size", "2", *extra]  # fixed: "auto" sizes batches by world size, and batch shapes change fp32 sums
 
 
 def run_single(*args, env=None):

@@ -9,7 +9,7 @@ CPU kernel: only the mutated translation unit, relinked against the objects of t
 directory when that matches the installed module (about 30 s), else in a CPU-only build directory of
 its own (build/mutations/: a full build the first time, one file after that).
 
-    python tests/mutations/run_mutations.py [--only NAME ...] [--keep] [-v]
+    python tests/mutations/run_mutations.py [--only NAME ...] [--slow] [-j N] [--keep] [-v]
 
 Exit status 0 when every mutant is caught and the untouched copy passes; 1 otherwise.
 `make mutations` runs it (CI: after `make test`). Takes about 3 minutes on 2 busy cores.
@@ -27,13 +27,14 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "python" / "featprune_ext"
 
 ENGINE_EQUIV = "tests/engine/test_engine.py::test_every_family_prunes_loads_and_matches_naive[llama]"
+DIST_2_RANKS = "tests/engine/test_distributed.py::test_two_gloo_ranks_match_single_process"
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Mutant:
     edits: list  # [(exact old text, new text)], each old text must occur exactly once
     tests: list  # pytest node ids that must each fail
     native: bool = False  # the file is C++: rebuild _C
-    notes: list = field(default_factory=list)
+    slow: bool = False  # only with --slow (torchrun: minutes)
 
 
 MUTANTS = [
@@ -81,6 +82,15 @@ MUTANTS = [
             ("hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1",
              "hidden = self._dense  # MUTANT: the unpruned outputs feed block i+1")],
            [ENGINE_EQUIV]),
+    # --slow: the same class of bug seen by the real 2-rank gloo run (tests/helpers/dist_probe.py)
+    Mutant("absmax-summed", "absmax is all-reduced with SUM instead of MAX",
+           "engine/distributed.py",
+           [("(maxima, dist.ReduceOp.MAX)", "(maxima, dist.ReduceOp.SUM)")],
+           [DIST_2_RANKS], slow=True),
+    Mutant("every-rank-every-batch-torchrun", "under torchrun every rank processes every calibration batch",
+           "engine/run.py",
+           [("batches = [batches[j] for j in self.dist.batch_indices(len(batches))]", "batches = list(batches)")],
+           [DIST_2_RANKS], slow=True),
 ]
 
 
@@ -231,12 +241,13 @@ def run_tests(pythonpath: Path, tests: list, work: Path, verbose: bool) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="run only these mutants (by name)")
+    parser.add_argument("--slow", action="store_true", help="also the mutants only a torchrun test sees (minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
     parser.add_argument("-j", "--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="pytest runs at a time (default: 2, or 1 on one core); each uses one thread")
     args = parser.parse_args(argv)
-    mutants = [m for m in MUTANTS if not args.only or m.name in args.only]
+    mutants = [m for m in MUTANTS if (m.name in args.only if args.only else args.slow or not m.slow)]
     if args.only and len(mutants) != len(args.only):
         raise SystemExit(f"[mutations] unknown mutant in {args.only}; have {[m.name for m in MUTANTS]}")
     t0 = time.perf_counter()

@@ -39,7 +39,6 @@ def collect_hessians(block, linears, calls, hidden, batches, bucket_names, base_
     group_of: dict[str, HessianStats] = {}
     groups: list[HessianStats] = []
     current: dict[str, Any] = {"batch": -1, "seen": []}  # seen: (weakref to an input, its group) this batch
-    workspace: dict[int, torch.Tensor] = {}  # one fp32 [F, F] product buffer per input width, shared by groups
 
     def hook_for(pl):
         name = pl.name
@@ -76,10 +75,7 @@ def collect_hessians(block, linears, calls, hidden, batches, bucket_names, base_
                     raise RuntimeError(f"{name} got input {tuple(x.shape)} that does not line up with the "
                                        f"{tuple(mask.shape)} token mask")
                 mask = mask.reshape(x.shape[:-1])
-            f = x.shape[-1]
-            if f not in workspace:
-                workspace[f] = torch.empty(f, f, dtype=torch.float32, device=device)
-            ops.accumulate_hessian(x.detach(), hs.hessian, hs.count, token_mask=mask, workspace=workspace[f])
+            ops.accumulate_hessian(x.detach(), hs.hessian, hs.count, token_mask=mask)
 
         return hook
 
@@ -93,7 +89,6 @@ def collect_hessians(block, linears, calls, hidden, batches, bucket_names, base_
     finally:
         for handle in handles:
             handle.remove()
-    workspace.clear()
     for pl in linears:  # never called (no token reached it): an empty sum, refused when pruning
         if pl.name not in group_of:
             group_of[pl.name] = HessianStats(pl.in_features, device, [pl.name])

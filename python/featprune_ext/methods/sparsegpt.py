@@ -31,8 +31,8 @@ Why float64 and not fp32 (bench/RESULTS.md, "Hessian accumulation"): an fp32 sum
 the order of additions (~4e-7 relative), and SparseGPT's masks amplify that: a near-tie at a
 block's selection threshold flips, and the OBS updates carry the flip along the row; with
 two torchrun ranks, ~1 flip in 20 matrices on a tiny model. The price is twice the memory of
-the sums (8 bytes per entry: 128 MiB for 4096 features) plus one fp32 [F, F] workspace per
-distinct input width during the statistics pass; the time is the same GEMM.
+the sums (8 bytes per entry: 128 MiB for 4096 features), and on CPU a cast and an add of
+F^2 entries per batch on top of the GEMM (small next to it when batches hold >= 1-2k tokens).
 """
 
 from __future__ import annotations
