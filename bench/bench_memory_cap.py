@@ -38,10 +38,10 @@ def build_model(path: Path, shape: dict, dtype_name: str = "float32", seed: int 
     """Write a random Llama-shaped model one layer per shard (never whole in memory);
     `device` only says where the random numbers are drawn (cuda is much faster)."""
     import torch
+    from tiny_models import build_tokenizer
     from transformers import LlamaConfig
 
     from featprune_ext.engine.checkpoint import write_index, write_safetensors
-    from tiny_models import build_tokenizer
 
     if (path / "config.json").exists():
         return path

@@ -14,8 +14,8 @@ import warnings
 import torch
 
 from . import reference
-from .errors import CudaDriverError
 from ._native import native
+from .errors import CudaDriverError
 
 __all__ = ["accumulate_hessian", "accumulate_stats", "prune_rows_", "pruned_per_row"]
 

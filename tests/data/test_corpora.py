@@ -111,7 +111,8 @@ def test_jsonl_keys_and_translation_dicts(tmp_path):
 
 
 def _write_mo(path: Path, messages: dict) -> None:
-    entries = {b"": b"Content-Type: text/plain; charset=UTF-8\n", **{k.encode(): v.encode() for k, v in messages.items()}}
+    header = {b"": b"Content-Type: text/plain; charset=UTF-8\n"}
+    entries = {**header, **{k.encode(): v.encode() for k, v in messages.items()}}
     keys = sorted(entries)
     n, blob, tables = len(keys), b"", []
     data_at = 28 + 16 * n

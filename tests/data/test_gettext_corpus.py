@@ -12,7 +12,6 @@ import pytest
 
 from featprune_ext import cli
 from featprune_ext.cli import data as data_cli
-
 from featprune_ext.data import gettext as gettext_corpus
 from featprune_ext.data.gettext import build_gettext_corpus, extract_pairs, keep_pair, read_catalog, split_of
 
@@ -124,7 +123,8 @@ def test_extract_pairs_filters_dedups_and_records_provenance(locale_root):
     assert by_en[EN[6]]["source"].endswith("fr/LC_MESSAGES/zz-other.mo") and by_en[EN[6]]["package"] == "system"
     assert len({r["fr"] for r in recs}) == len(recs)  # the duplicate translation was dropped
     assert all(r["split"] == split_of(r["en"], 0.25, 0) for r in recs)
-    assert res["catalogs"] == [str(locale_root / "fr/LC_MESSAGES/app.mo"), str(locale_root / "fr/LC_MESSAGES/zz-other.mo")]
+    folder = locale_root / "fr/LC_MESSAGES"
+    assert res["catalogs"] == [str(folder / "app.mo"), str(folder / "zz-other.mo")]
 
 
 def test_alias_dirs_and_regional_variants(locale_root):
@@ -196,7 +196,8 @@ def test_extra_deb_from_a_file(locale_root, tmp_path):
         pytest.skip("dpkg-deb not installed")
     pkg = tmp_path / "pkg"
     write_mo(pkg / "usr/lib/libreoffice/program/resource/fr/LC_MESSAGES/sw.mo",
-             {"Insert a new table into the document.": "Insérer un nouveau tableau dans le document.", EN[0]: "Doublon."})
+             {"Insert a new table into the document.": "Insérer un nouveau tableau dans le document.",
+              EN[0]: "Doublon."})
     (pkg / "DEBIAN").mkdir()
     (pkg / "DEBIAN/control").write_text("Package: libreoffice-l10n-fr\nVersion: 1.0\nArchitecture: all\n"
                                         "Maintainer: t <t@example.org>\nDescription: test\n")
@@ -214,7 +215,8 @@ def test_extra_deb_download_failure_is_clear(locale_root, tmp_path):
         build_gettext_corpus(["fr"], tmp_path / "c", extra_debs=["featprune-no-such-package"], locale_root=locale_root)
     assert not (tmp_path / "c").exists()
     with pytest.raises(FileNotFoundError, match="extra .deb not found"):
-        build_gettext_corpus(["fr"], tmp_path / "c", extra_debs=[str(tmp_path / "missing.deb")], locale_root=locale_root)
+        build_gettext_corpus(["fr"], tmp_path / "c", extra_debs=[str(tmp_path / "missing.deb")],
+                             locale_root=locale_root)
     assert gettext_corpus.libreoffice_package("zh_CN") == "libreoffice-l10n-zh-cn"
     assert gettext_corpus.libreoffice_package("pt-BR") == "libreoffice-l10n-pt-br"
 
@@ -227,7 +229,7 @@ def test_cli_prints_counts_and_is_registrable(locale_root, tmp_path, capsys):
     text = capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["languages"]["fr"]["counts"]
-    assert f"fr        French" in text and f"{c['calib']}" in text and "(all)" in text
+    assert "fr        French" in text and f"{c['calib']}" in text and "(all)" in text
     assert cli.main(["data", "gettext", "--langs", "xx", "--out", str(out)]) == 2
     assert "unknown language code 'xx'" in capsys.readouterr().err
 

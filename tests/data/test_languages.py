@@ -9,7 +9,8 @@ import pytest
 from featprune_ext.data.languages import Language, known_codes, known_languages, resolve, try_resolve
 
 # The paper's languages and every locale with >= 200 filtered gettext pairs on a Debian system.
-PAPER = ["en", "fr", "es", "de", "ru", "zh", "ja", "hi", "sw", "ar", "ko", "tr", "vi", "it", "pt", "nl", "pl", "id", "th"]
+PAPER = ["en", "fr", "es", "de", "ru", "zh", "ja", "hi", "sw", "ar", "ko", "tr", "vi", "it", "pt", "nl", "pl", "id",
+         "th"]
 GETTEXT_LOCALES = ["as", "ast", "be", "bg", "bn", "bs", "ca", "cs", "da", "de", "el", "eo", "es", "et", "eu", "fi",
                    "fr", "fur", "gl", "gu", "hi", "hr", "hu", "id", "it", "ja", "ka", "ko", "lt", "lv", "mr", "ms",
                    "nb", "ne", "nl", "oc", "or", "pa", "pl", "pt", "pt_BR", "ro", "ru", "sk", "sl", "sr", "sv", "tr",

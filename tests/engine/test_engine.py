@@ -155,12 +155,13 @@ def test_conv1d_orientation(tiny_model, tmp_path):
     ranked by |W| * ||x_in||, as in the reference applied to the transposed view."""
     src = tiny_model("gpt2")
     calib = padded_calibration(src)
-    prune_model(src, tmp_path / "o", calibration=calib, method=Wanda(), sparsity=0.5, progress=False)
+    prune_model(src, tmp_path / "o", calibration=calib, method=Wanda(), sparsity=0.5, batch_size=EQUIV_BATCH,
+                progress=False)
     w_in = load_dir(src)["transformer.h.0.mlp.c_fc.weight"]  # [in=32, out=128]
     w_out = load_dir(tmp_path / "o")["transformer.h.0.mlp.c_fc.weight"]
     assert w_in.shape == (32, 128)
     assert ((w_out == 0).sum(dim=0) == 16).all()  # per output column
-    masks = naive_wanda(src, calib, sparsity=0.5)
+    masks = naive_wanda(src, calib, sparsity=0.5, batch_size=EQUIV_BATCH)
     assert torch.equal(masks["transformer.h.0.mlp.c_fc.weight"], w_out == 0)
 
 

@@ -13,13 +13,13 @@ import time
 
 import pytest
 import torch
+from naive import naive_wanda
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from featprune_ext.data.calibration_set import CalibrationSet, read_jsonl_texts
 from featprune_ext.engine import PROGRESS_NAME, prune_model
 from featprune_ext.methods import Wanda
-from naive import naive_wanda
 
 pytestmark = pytest.mark.slow
 

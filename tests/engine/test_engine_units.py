@@ -7,8 +7,8 @@ import torch
 
 from featprune_ext.data import zoo
 from featprune_ext.data.calibration_set import CalibrationSet, read_jsonl_texts
-from featprune_ext.errors import InputError
 from featprune_ext.engine import make_batches, validate_pattern
+from featprune_ext.errors import InputError
 from featprune_ext.methods import LinearStats, Magnitude, PruneMethod, Random, Wanda, get_method, register_method
 
 

@@ -2,15 +2,15 @@
 
 import pytest
 import torch
+from tiny_models import FAMILIES, TEXTS
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from featprune_ext.data.calibration_set import CalibrationSet
-from featprune_ext.engine.checkpoint import Checkpoint
-from featprune_ext.errors import InputError
 from featprune_ext.engine import ModelSkeleton, capture_block_calls, make_batches
+from featprune_ext.engine.checkpoint import Checkpoint
 from featprune_ext.engine.families import BLOCK_LIST_PATHS, find_blocks, max_positions, prunable_linears
-from tiny_models import FAMILIES, TEXTS
+from featprune_ext.errors import InputError
 
 EXPECTED_LINEARS = {"llama": 7, "gemma3": 7, "qwen2": 7, "mistral": 7, "gpt2": 4, "bloom": 4, "xglm": 6,
                     "opt": 6, "gpt_neox": 4,

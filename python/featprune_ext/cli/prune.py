@@ -88,7 +88,7 @@ def add_parser(subparsers, parents) -> None:
                         "accumulated in fp32/fp64 and weights are written back in their stored dtype")
     p.add_argument("--batch-size", type=batch_size, default="auto",
                    help="calibration samples per forward pass, or auto (default): as many as keep one block's "
-                        "activations under a quarter of the free memory, up to 4096 tokens per batch on CPU and "
+                        "activations under a quarter of the free memory, up to 2048 tokens per batch on CPU and "
                         "16384 on CUDA; padding never enters the statistics")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial")
     p.add_argument("--distributed", action="store_true",

@@ -1,8 +1,9 @@
 """The streaming engine: prune a model one transformer block at a time.
 
-skeleton (meta model) -> capture (block arguments) -> run (the block loop) with stats
-(the statistics pass; hessian: SparseGPT's; layerwise: OWL's dense first pass), resume (OUT.partial/, fingerprint, writer) and report; checkpoint
-(safetensors in/out), families (where the blocks and linears are), distributed (torchrun).
+skeleton (meta model) -> capture (block arguments) -> run (the block loop) with stats (the
+statistics pass; hessian: SparseGPT's; layerwise: OWL's dense first pass), resume (OUT.partial/,
+fingerprint, writer) and report; checkpoint (safetensors in/out), families (where the blocks and
+linears are), distributed (torchrun).
 """
 
 from .batches import Batch, make_batches, pad_id_for, validate_pattern

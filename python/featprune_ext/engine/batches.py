@@ -18,9 +18,10 @@ __all__ = ["AUTO", "Batch", "auto_batch_size", "available_memory_bytes", "make_b
 AUTO = "auto"
 # --batch-size auto: samples per batch such that the batch-dependent activations of one block's forward
 # pass stay under AUTO_MEMORY_FRACTION of the memory available, and no more than AUTO_MAX_TOKENS tokens
-# per batch (beyond that, batching stops paying: the matrix products are already large enough).
+# per batch (beyond that, batching stops paying: the matrix products are already large enough, and on
+# CPU larger batches measured slower: their activations no longer stay in cache; bench/RESULTS.md).
 AUTO_MEMORY_FRACTION = 0.25
-AUTO_MAX_TOKENS = {"cpu": 4096, "cuda": 16384}
+AUTO_MAX_TOKENS = {"cpu": 2048, "cuda": 16384}
 
 
 @dataclass
