@@ -140,8 +140,8 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
     """
     from .data.presets import resolve_settings
     from .engine import ModelSkeleton, prune_model, validate_pattern
+    from .engine.batches import parse_dtype
     from .engine.checkpoint import Checkpoint
-    from .engine.run import parse_dtype
     from .engine.select import Selection
 
     sparsity, pattern = validate_pattern(sparsity, pattern)

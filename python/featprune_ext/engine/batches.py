@@ -11,8 +11,8 @@ import torch
 from ..data.calibration_set import CalibrationSet
 from ..errors import InputError
 
-__all__ = ["AUTO", "Batch", "auto_batch_size", "available_memory_bytes", "make_batches", "pad_id_for",
-           "parse_batch_size", "validate_pattern"]
+__all__ = ["AUTO", "Batch", "COMPUTE_DTYPES", "auto_batch_size", "available_memory_bytes", "make_batches",
+           "pad_id_for", "parse_batch_size", "parse_dtype", "validate_pattern"]
 
 
 AUTO = "auto"
@@ -184,3 +184,19 @@ def pad_id_for(config, vocab_size: int) -> int:
     embedding, else 0. Padding never reaches the statistics (it is masked), so any valid id works."""
     pad_id = config.get_text_config().pad_token_id
     return pad_id if isinstance(pad_id, int) and 0 <= pad_id < vocab_size else 0
+
+
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """None, a torch dtype or its name ("bfloat16", "float16", "float32") -> a floating torch dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        found = dtype
+    else:
+        found = COMPUTE_DTYPES.get(str(dtype).replace("torch.", ""))
+    if found is not None and found not in COMPUTE_DTYPES.values():
+        found = None
+    if dtype is not None and found is None:
+        raise InputError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
+    return found

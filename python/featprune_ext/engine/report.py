@@ -1,10 +1,15 @@
-"""What a run reports: peak memory, the per-layer table printed at the end."""
+"""What a run reports: peak memory, the per-layer table printed at the end, and a failed block
+as one line that says where and what to change."""
 
 from __future__ import annotations
 
 import resource
 
-__all__ = ["format_report_table", "numel", "peak_rss_bytes"]
+import torch
+
+from ..errors import BlockError, InputError
+
+__all__ = ["block_error", "format_report_table", "numel", "peak_rss_bytes"]
 
 
 def peak_rss_bytes() -> int:
@@ -46,3 +51,17 @@ def format_report_table(report: dict) -> str:
     if report.get("peak_cuda_bytes") is not None:
         lines.append(f"peak CUDA memory {report['peak_cuda_bytes'] / 2**30:.2f} GiB")
     return "\n".join(lines)
+
+
+def block_error(exc: RuntimeError, i: int, prefix: str, device, batch_size: int, partial_name: str) -> BaseException:
+    """A run-time failure inside block i as one line that says where and what to change."""
+    if isinstance(exc, (InputError, BlockError)):
+        return exc
+    where = f"block {i} ({prefix.rstrip('.')})"
+    done = (f"blocks 0-{i - 1} are saved in {partial_name}/: rerun with --resume to continue"
+            if i > 0 else "no block was finished")
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return BlockError(f"out of memory on {device} at {where}: lower --batch-size (now {batch_size})"
+                          f", --seqlen or --nsamples, or free memory on the device; {done}")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return BlockError(f"{where} failed on {device}: {type(exc).__name__}: {first}; {done}")

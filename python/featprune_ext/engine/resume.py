@@ -1,23 +1,32 @@
 """Everything that makes a run resumable and its output atomic: the OUT.partial/ directory,
-the run's fingerprint, and the one background writer thread."""
+the run's fingerprint, the one background writer thread, the final report and rename, and the
+fault-injection points the tests kill runs at."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from .._version import __version__
+from .._version import __version__, versions
 from ..data.calibration_set import CalibrationSet
+from ..errors import InputError
+from ..files import atomic_write_json, fsync_dir
 from ..methods import PruneMethod
-from .checkpoint import INDEX_NAME
+from .batches import AUTO
+from .checkpoint import INDEX_NAME, write_index
+from .report import peak_rss_bytes
 from .skeleton import ModelSkeleton
 
-__all__ = ["PROGRESS_NAME", "REPORT_NAME", "BackgroundWriter", "copy_side_files", "partial_dir", "run_fingerprint"]
+__all__ = ["PROGRESS_NAME", "REPORT_NAME", "BackgroundWriter", "copy_side_files", "die_if_asked", "finish_run",
+           "partial_dir", "resume_point_due", "run_fingerprint"]
 
 PROGRESS_NAME = "progress.json"
 REPORT_NAME = "featprune.json"
@@ -75,3 +84,100 @@ class BackgroundWriter:
             self.wait()
         finally:
             self.pool.shutdown(wait=True)
+
+
+_DIE_AT_ENV = "FEATPRUNE_TEST_DIE_AT"
+
+
+def die_if_asked(phase: str, i: int) -> None:
+    """Fault injection for tests: kill this process at `phase` of block i when FEATPRUNE_TEST_DIE_AT is
+    "phase:i" (read, stats, write, rename), with SIGKILL or FEATPRUNE_TEST_SIGNAL (e.g. INT for Ctrl-C)."""
+    if os.environ.get(_DIE_AT_ENV) == f"{phase}:{i}":
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("FEATPRUNE_TEST_SIGNAL", "KILL")))
+        time.sleep(5)  # a catchable signal is handled in the main thread: wait for it here
+
+
+def finish_run(run, model_dir: Path, out_dir: Path, t_start: float) -> dict:
+    """Index, side files and featprune.json into OUT.partial/, then the rename that makes OUT complete.
+    A run killed after the report and before the rename finds `run.finalized` and only renames."""
+    part, skel = run.part, run.skel
+    if run.finalized:
+        report = json.loads((part / REPORT_NAME).read_text())
+    else:
+        t_final = time.perf_counter()
+        layers = sorted(run.layers, key=lambda r: r["index"])
+        copied = copy_side_files(model_dir, part)
+        weight_map = {k: run.shard_name[0] for k in skel.other_keys}
+        for i, keys in enumerate(skel.block_keys):
+            weight_map.update({k: run.shard_name[i + 1] for k in keys})
+        write_index(part, weight_map, sum(i.nbytes for i in run.ckpt.tensors.values()))
+        params = sum(r["params"] for r in layers)
+        calib = run.calibration.describe() if run.method.needs_calibration else None
+        report = {
+            "format": 1,
+            "method": run.method.describe(),
+            "sparsity": run.sparsity if run.pattern is None else 1 - run.n / run.m,
+            "pattern": None if run.pattern is None else f"{run.n}:{run.m}",
+            "calibration": calib,
+            "model": {"source": str(model_dir), "architecture": type(skel.model).__name__,
+                      "model_type": skel.config.model_type, "blocks": skel.num_blocks,
+                      "blocks_path": skel.blocks_path, "dtype": str(skel.storage_dtype).replace("torch.", ""),
+                      "compute_dtype": str(skel.dtype).replace("torch.", ""),
+                      "tied_embeddings": skel.tied_embeddings, "unpruned_tensors": skel.other_keys,
+                      "input_bytes": run.ckpt.file_bytes},
+            "overall_sparsity": sum(r["sparsity"] * r["params"] for r in layers) / max(params, 1),
+            "prunable_params": params,
+            "layers": layers,
+            "selection": run.selection.describe(),
+            "layerwise": run.layerwise_info,
+            "skipped": run.selection.all_skipped(),
+            **run.notes,
+            "device": str(run.device),
+            "batch_size": run.batch_size,
+            "batch_size_auto": run.batch_request == AUTO,
+            "resumed_from_block": getattr(run, "resumed_from", None),
+            "timings": {"capture_s": round(run.t_capture, 4),
+                        "blocks_s": round(sum(r["time_s"] for r in layers), 4),
+                        "finalize_s": round(time.perf_counter() - t_final, 4),
+                        "total_s": round(time.perf_counter() - t_start, 4),
+                        "phases": run.phases(t_start, t_final)},
+            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_cuda_bytes": (torch.cuda.max_memory_allocated(run.device)
+                                if run.device.type == "cuda" else None),
+            "copied_files": copied,
+            "versions": versions(),
+        }
+        atomic_write_json(part / REPORT_NAME, report)
+        run.prog_path.unlink()
+        for f in [*part.glob("activations-*.pt"), *part.glob("*.tmp")]:  # incl. leftovers of a kill
+            f.unlink()
+        fsync_dir(part)
+    if out_dir.exists():
+        raise InputError(f"{out_dir} appeared while pruning; the result is left in {part}")
+    die_if_asked("rename", 0)
+    os.rename(part, out_dir)
+    fsync_dir(out_dir.parent)
+    return report
+
+
+# A block's saved outputs make it a resume point. When they are large next to the block's weights (e.g.
+# 128 x 2048 tokens of a 7B model: 2 GiB per block, five times its shard), saving them every block would
+# cost more than the block's compute on a GPU, so such blocks become resume points at most every
+# FEATPRUNE_RESUME_INTERVAL_S seconds (default 60); the blocks after the last resume point are redone,
+# bit for bit, by --resume. Small activations (and distributed runs) make every block a resume point.
+_RESUME_INTERVAL_ENV = "FEATPRUNE_RESUME_INTERVAL_S"
+
+
+def resume_point_due(run, i: int, hidden) -> bool:
+    """Whether block i's outputs are saved (see _RESUME_INTERVAL_ENV)."""
+    now = time.perf_counter()
+    last = getattr(run, "t_resume_point", None) or getattr(run, "t_execute", now)
+    act = sum(h.numel() * h.element_size() for h in hidden)
+    weights = sum(run.ckpt.info(k).nbytes for k in run.skel.block_keys[i])
+    interval = float(os.environ.get(_RESUME_INTERVAL_ENV, "60"))
+    every = os.environ.get("FEATPRUNE_TEST_RESUME_EVERY")  # tests: resume points at blocks k-1, 2k-1, ...
+    due = (i + 1) % int(every) == 0 if every else act <= 2 * weights or now - last >= interval
+    if run.dist.enabled or due:
+        run.t_resume_point = now
+        return True
+    return False

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .._version import versions
 from ..data.calibration_set import CalibrationSet
-from ..errors import BlockError, InputError, NonFiniteError
-from ..files import atomic_save_torch, atomic_write_json, fsync_dir
+from ..errors import InputError, NonFiniteError
+from ..files import atomic_save_torch, atomic_write_json
 from ..methods import PruneMethod
 from .batches import (
     AUTO,
@@ -39,44 +38,39 @@ from .batches import (
     make_batches,
     pad_id_for,
     parse_batch_size,
+    parse_dtype,
     validate_pattern,
 )
 from .capture import capture_block_calls
-from .checkpoint import Checkpoint, RawTensor, write_index, write_safetensors
+from .checkpoint import Checkpoint, RawTensor, write_safetensors
 from .distributed import DistContext
 from .hessian import check_finite_hessians, collect_hessians
 from .layerwise import owl_pass
 from .lock import RunLock
 from .moe import prune_matrix, warn_fallbacks
-from .report import numel, peak_rss_bytes
-from .resume import PROGRESS_NAME, REPORT_NAME, BackgroundWriter, copy_side_files, partial_dir, run_fingerprint
+from .report import block_error, numel, peak_rss_bytes
+from .resume import (
+    PROGRESS_NAME,
+    REPORT_NAME,
+    BackgroundWriter,
+    die_if_asked,
+    finish_run,
+    partial_dir,
+    resume_point_due,
+    run_fingerprint,
+)
 from .select import Selection
 from .skeleton import ModelSkeleton
 from .stats import check_finite_stats, collect_stats
 from .timing import PhaseTimer
 
-__all__ = ["COMPUTE_DTYPES", "parse_dtype", "prune_model"]
+__all__ = ["prune_model"]
 
-COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Fault injection for tests: SIGKILL ourselves once block i is on disk (FEATPRUNE_TEST_DIE_AFTER_BLOCK=i),
-# or at a phase of block i (FEATPRUNE_TEST_DIE_AT=read:i | stats:i | write:i | rename:0), with
-# FEATPRUNE_TEST_SIGNAL=INT to send SIGINT (Ctrl-C) instead of SIGKILL.
+# Fault injection for tests: SIGKILL ourselves once block i is on disk (FEATPRUNE_TEST_DIE_AFTER_BLOCK=i);
+# other phases: resume.die_if_asked.
 _DIE_ENV = "FEATPRUNE_TEST_DIE_AFTER_BLOCK"
-# A block's saved outputs make it a resume point. When they are large next to the block's weights (e.g.
-# 128 x 2048 tokens of a 7B model: 2 GiB per block, five times its shard), saving them every block would
-# cost more than the block's compute on a GPU, so such blocks become resume points at most every
-# FEATPRUNE_RESUME_INTERVAL_S seconds (default 60); the blocks after the last resume point are redone,
-# bit for bit, by --resume. Small activations (and distributed runs) make every block a resume point.
-_RESUME_INTERVAL_ENV = "FEATPRUNE_RESUME_INTERVAL_S"
-_NOT_A_RESUME_POINT = object()
-_DIE_AT_ENV = "FEATPRUNE_TEST_DIE_AT"
-
-
-def _die_if_asked(phase: str, i: int) -> None:
-    if os.environ.get(_DIE_AT_ENV) == f"{phase}:{i}":
-        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("FEATPRUNE_TEST_SIGNAL", "KILL")))
-        time.sleep(5)  # a catchable signal is handled in the main thread: wait for it here
+_NOT_A_RESUME_POINT = object()  # next_hidden of a block that is not a resume point (resume_point_due)
 
 
 @torch.no_grad()
@@ -133,19 +127,6 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
             ckpt.close()
 
 
-def parse_dtype(dtype) -> torch.dtype | None:
-    """None, a torch dtype or its name ("bfloat16", "float16", "float32") -> a floating torch dtype."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        found = dtype
-    else:
-        found = COMPUTE_DTYPES.get(str(dtype).replace("torch.", ""))
-    if found is not None and found not in COMPUTE_DTYPES.values():
-        found = None
-    if dtype is not None and found is None:
-        raise InputError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}")
-    return found
-
-
 def _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device, batch_size,
                   progress, dist, compute_dtype, t_start, select, notes, layerwise=None) -> dict:
     skel = ModelSkeleton(ckpt, compute_dtype)
@@ -176,7 +157,7 @@ def _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity,
     if not dist.is_writer:
         dist.barrier()  # returns once rank 0 has renamed the finished output into place
         return {"rank": dist.rank, "world_size": dist.world_size, "out": str(out_dir)}
-    report = run.finish(model_dir, out_dir, t_start)
+    report = finish_run(run, model_dir, out_dir, t_start)
     dist.barrier()
     return report
 
@@ -272,7 +253,7 @@ class _Run:
 
     def _write_block_now(self, i: int, entries, next_hidden, layer_report) -> None:
         write_safetensors(self.part / self.shard_name[i + 1], entries)
-        _die_if_asked("write", i)
+        die_if_asked("write", i)
         if next_hidden is _NOT_A_RESUME_POINT:  # progress.json keeps the last resume point
             self.layers.append(layer_report)
             return
@@ -319,7 +300,7 @@ class _Run:
 
     def _load_now(self, i: int):
         cuda = self.device.type == "cuda"
-        _die_if_asked("read", i)
+        die_if_asked("read", i)
         tensors = self.skel.read_block(i, pin_memory=cuda)
         if not cuda:
             return tensors, None
@@ -422,7 +403,7 @@ class _Run:
                 self.dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
                                       [st.absmax for st in stats.values()])
                 self._check_activations(i, linears, stats)
-        _die_if_asked("stats", i)
+        die_if_asked("stats", i)
         with self.timer.phase("select_s", sync=True):
             entries, matrices = self._prune_block(i, linears, stats, originals)
         del originals
@@ -448,35 +429,14 @@ class _Run:
         return hidden, next_hidden, entries, report
 
     def _resume_point_due(self, i: int, hidden) -> bool:
-        """Whether block i's outputs are saved (see _RESUME_INTERVAL_ENV)."""
-        now = time.perf_counter()
-        last = getattr(self, "t_resume_point", None) or getattr(self, "t_execute", now)
-        act = sum(h.numel() * h.element_size() for h in hidden)
-        weights = sum(self.ckpt.info(k).nbytes for k in self.skel.block_keys[i])
-        interval = float(os.environ.get(_RESUME_INTERVAL_ENV, "60"))
-        every = os.environ.get("FEATPRUNE_TEST_RESUME_EVERY")  # tests: resume points at blocks k-1, 2k-1, ...
-        due = (i + 1) % int(every) == 0 if every else act <= 2 * weights or now - last >= interval
-        if self.dist.enabled or due:
-            self.t_resume_point = now
-            return True
-        return False
+        return resume_point_due(self, i, hidden)
 
     def _check_activations(self, i: int, linears, stats) -> None:
         """NaN or inf in a linear's inputs: name the block and the linear, and the likely cause."""
         check_finite_stats(self.skel.block_prefix[i], i, linears, stats, self.skel.dtype)
 
     def _block_error(self, i: int, exc: RuntimeError) -> BaseException:
-        """A run-time failure inside block i as one line that says where and what to change."""
-        if isinstance(exc, (InputError, BlockError)):
-            return exc
-        where = f"block {i} ({self.skel.block_prefix[i].rstrip('.')})"
-        done = (f"blocks 0-{i - 1} are saved in {self.part.name}/: rerun with --resume to continue"
-                if i > 0 else "no block was finished")
-        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
-            return BlockError(f"out of memory on {self.device} at {where}: lower --batch-size (now {self.batch_size})"
-                              f", --seqlen or --nsamples, or free memory on the device; {done}")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return BlockError(f"{where} failed on {self.device}: {type(exc).__name__}: {first}; {done}")
+        return block_error(exc, i, self.skel.block_prefix[i], self.device, self.batch_size, self.part.name)
 
     def _prune_block(self, i: int, linears, stats, originals):
         skel = self.skel
@@ -502,68 +462,8 @@ class _Run:
         warn_fallbacks(i, matrices)
         return entries, matrices
 
-    def _phases(self, t_start: float, t_final: float) -> dict:
+    def phases(self, t_start: float, t_final: float) -> dict:
         """Per-phase seconds (timing.py): main-thread phases, background busy time and main-thread waits."""
         self.timer.add("setup_s", getattr(self, "t_execute", t_final) - t_start)
         self.timer.add("finalize_s", time.perf_counter() - t_final)
         return self.timer.as_dict()
-
-    def finish(self, model_dir: Path, out_dir: Path, t_start: float) -> dict:
-        part, skel = self.part, self.skel
-        if self.finalized:
-            report = json.loads((part / REPORT_NAME).read_text())
-        else:
-            t_final = time.perf_counter()
-            layers = sorted(self.layers, key=lambda r: r["index"])
-            copied = copy_side_files(model_dir, part)
-            weight_map = {k: self.shard_name[0] for k in skel.other_keys}
-            for i, keys in enumerate(skel.block_keys):
-                weight_map.update({k: self.shard_name[i + 1] for k in keys})
-            write_index(part, weight_map, sum(i.nbytes for i in self.ckpt.tensors.values()))
-            params = sum(r["params"] for r in layers)
-            calib = self.calibration.describe() if self.method.needs_calibration else None
-            report = {
-                "format": 1,
-                "method": self.method.describe(),
-                "sparsity": self.sparsity if self.pattern is None else 1 - self.n / self.m,
-                "pattern": None if self.pattern is None else f"{self.n}:{self.m}",
-                "calibration": calib,
-                "model": {"source": str(model_dir), "architecture": type(skel.model).__name__,
-                          "model_type": skel.config.model_type, "blocks": skel.num_blocks,
-                          "blocks_path": skel.blocks_path, "dtype": str(skel.storage_dtype).replace("torch.", ""),
-                          "compute_dtype": str(skel.dtype).replace("torch.", ""),
-                          "tied_embeddings": skel.tied_embeddings, "unpruned_tensors": skel.other_keys,
-                          "input_bytes": self.ckpt.file_bytes},
-                "overall_sparsity": sum(r["sparsity"] * r["params"] for r in layers) / max(params, 1),
-                "prunable_params": params,
-                "layers": layers,
-                "selection": self.selection.describe(),
-                "layerwise": self.layerwise_info,
-                "skipped": self.selection.all_skipped(),
-                **self.notes,
-                "device": str(self.device),
-                "batch_size": self.batch_size,
-                "batch_size_auto": self.batch_request == AUTO,
-                "resumed_from_block": getattr(self, "resumed_from", None),
-                "timings": {"capture_s": round(self.t_capture, 4),
-                            "blocks_s": round(sum(r["time_s"] for r in layers), 4),
-                            "finalize_s": round(time.perf_counter() - t_final, 4),
-                            "total_s": round(time.perf_counter() - t_start, 4),
-                            "phases": self._phases(t_start, t_final)},
-                "peak_rss_bytes": peak_rss_bytes(),
-                "peak_cuda_bytes": (torch.cuda.max_memory_allocated(self.device)
-                                    if self.device.type == "cuda" else None),
-                "copied_files": copied,
-                "versions": versions(),
-            }
-            atomic_write_json(part / REPORT_NAME, report)
-            self.prog_path.unlink()
-            for f in [*part.glob("activations-*.pt"), *part.glob("*.tmp")]:  # incl. leftovers of a kill
-                f.unlink()
-            fsync_dir(part)
-        if out_dir.exists():
-            raise InputError(f"{out_dir} appeared while pruning; the result is left in {part}")
-        _die_if_asked("rename", 0)
-        os.rename(part, out_dir)
-        fsync_dir(out_dir.parent)
-        return report
