@@ -205,7 +205,8 @@ def featprune_arm(model: Path, out: Path, common: list[str], batch_size: str, dt
     try:
         wall, _, cpu = run_cmd(cmd, env)
     except SystemExit as exc:  # e.g. fp16 activations overflowing: report it in the table
-        return {"error": str(exc).strip().splitlines()[-1][:200], "load": load, "wall_s": float("nan")}
+        lines = str(exc).strip().splitlines()
+        return {"error": " / ".join(lines[-3:])[:400], "load": load, "wall_s": float("nan")}
     report = json.loads((out / "featprune.json").read_text())
     t = report["timings"]
     phases = dict(t.get("phases", {}))
@@ -364,7 +365,10 @@ def main(argv=None) -> int:
                     else:
                         shutil.rmtree(out, ignore_errors=True)
                 name = arm if isinstance(arm, str) else arm["name"]
-                print(f"[{r}] {name}: {res['wall_s']:.1f} s (load {res['load']:.1f})", file=sys.stderr, flush=True)
+                print(f"[{r}] {name}: {res['wall_s']:.1f} s (load {res['load']:.1f}) {res.get('error', '')}",
+                      file=sys.stderr, flush=True)
+                if name == "featprune" and "error" in res:
+                    raise SystemExit(f"the reference featprune arm failed: {res['error']}")
             loads.append(os.getloadavg()[0])
         for k, arm in enumerate(arms[1:], 1):
             if digests[arm["name"]] not in (None, digests["featprune"]):
