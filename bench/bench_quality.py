@@ -92,7 +92,11 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS], choices=[m[0] for m in METHODS])
     p.add_argument("--json", type=Path, default=None, help="write every number here")
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--resume", action="store_true", help="keep the rows already in --json, run the others")
     args = p.parse_args()
+    done = {}
+    if args.resume and args.json and args.json.exists():
+        done = {(r["model"], r["setting"], r["method"]): r for r in json.loads(args.json.read_text())["rows"]}
     work = args.workdir or Path(tempfile.mkdtemp(prefix="featprune-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     started = datetime.now().isoformat(timespec="minutes")
@@ -100,7 +104,8 @@ def main() -> int:
     for name in args.models:
         src = model_dir(name)
         print(f"[{name}] dense", flush=True)
-        rows.append({"model": name, "setting": "dense", "method": "-", "ppl": perplexity(src, args)})
+        rows.append(done.get((name, "dense", "-")) or {"model": name, "setting": "dense", "method": "-",
+                                                         "ppl": perplexity(src, args)})
         for setting in [*args.sparsities, "2:4"]:
             for label, method, extra in METHODS:
                 if label not in args.methods:
@@ -108,6 +113,9 @@ def main() -> int:
                 row = {"model": name, "setting": setting, "method": label}
                 if extra and ":" in setting:
                     rows.append({**row, "na": True})
+                    continue
+                if (name, setting, label) in done:
+                    rows.append(done[(name, setting, label)])
                     continue
                 out = work / f"{name}-{label}-{setting.replace(':', 'of')}"
                 shutil.rmtree(out, ignore_errors=True)
