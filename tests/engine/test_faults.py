@@ -34,8 +34,15 @@ def cmd(model_dir, out, calib, *extra):
             "--no-progress", *extra]
 
 
+def _default_sigint():
+    # A background job (CI, nohup) inherits SIGINT ignored, and Python then installs no Ctrl-C handler:
+    # give the child the default disposition so it behaves as in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(args, **env):
-    return subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+                          preexec_fn=_default_sigint)
 
 
 def weights(path):
