@@ -1,0 +1,328 @@
+"""The paper's design, rerun on this machine (issue 12; pre-registered in docs/study-gemma3-270m.md).
+
+Per model (Gemma 3 270M, and SmolLM2 135M as the English-centric control), per language X and
+sparsity: Wanda calibrated on the one pair X-en (`--preset paper`: 100 samples, 4 shots, 512 tokens),
+on mono:X, and the contrastive variant (mt:X-en against code), plus dense and magnitude; each model
+is evaluated on X (translate X->En, perplexity, translation-choice), and the fr-en-calibrated ones
+also on de, ru, zh_CN, hi (the cross-lingual question).
+
+    featprune data gettext --langs fr,de,es,ru,zh_CN,ja,hi --extra-deb --out /tmp/fp_paper/data
+    python docs/study/run_paper_design.py run      [--work /tmp/fp_paper] [--models gemma3 smollm2]
+    python docs/study/run_paper_design.py analyze  [--work /tmp/fp_paper] [--out docs/study/paper-design]
+
+`run` goes cell by cell in the priority order of CELLS and is resumable: a cell whose evaluation
+JSONs exist is skipped, and each pruned model is deleted once evaluated (fp32 Gemma is 1.1 GB).
+`analyze` applies the pre-registered tests to whatever cells exist and says which are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+LANGS = ["fr", "hi", "zh_CN", "de", "ru", "es", "ja"]  # priority: three resource levels first
+CROSS = ["de", "ru", "zh_CN", "hi"]  # evaluated with the fr-en calibrated models
+SPARSITIES = [0.5, 0.3]
+METHODS = ["mt", "mono", "contrastive"]
+TASKS = {"translate": 24, "translation-choice": 100, "ppl": 50}  # items per language
+COMPARISONS = [("mt", "mono"), ("mt", "contrastive"), ("mt", "dense"), ("mt", "magnitude")]
+N_BOOT = 10_000
+
+
+def cells(models: list[str]) -> list[dict]:
+    """Every cell of the design, in the order it is run: language by language (both sparsities, every
+    model, the references evaluated on that language too), so that an interrupted run has whole
+    languages. A cell is one pruned (or dense) model evaluated on the languages in "eval"."""
+    out = []
+    for lang in LANGS:
+        cross = CROSS if lang == "fr" else []
+        for model in models:
+            out.append({"model": model, "method": "dense", "lang": None, "sparsity": 0.0, "eval": [lang] + cross})
+            for sp in SPARSITIES:
+                out.append({"model": model, "method": "magnitude", "lang": None, "sparsity": sp, "eval": [lang]})
+                for method in METHODS:
+                    out.append({"model": model, "method": method, "lang": lang, "sparsity": sp,
+                                "eval": [lang] + (cross if method == "mt" else [])})
+    return out
+
+
+def evaluations(c: dict) -> list[tuple[str, str]]:
+    """(task, language) pairs of a cell. The cross-lingual languages of an fr-en model get the
+    scoring tasks only: generation is the slow part, and the question there is about tasks other
+    than translating the calibration pair."""
+    return [(task, lang) for task in TASKS for lang in c["eval"]
+            if not (task == "translate" and c["method"] == "mt" and lang != c["lang"])]
+
+
+def cell_name(c: dict) -> str:
+    if c["method"] == "dense":
+        return "dense"
+    tail = f"-{c['lang']}" if c["lang"] else ""
+    return f"{c['method']}{tail}-s{int(round(c['sparsity'] * 100))}"
+
+
+def model_src(name: str) -> Path:
+    from featprune_ext.data import zoo
+
+    return {"gemma3": zoo.gemma3_270m_dir, "smollm2": zoo.smollm2_dir}[name]()
+
+
+def prune_cell(c: dict, src: Path, out: Path, data: Path) -> dict:
+    import featprune_ext
+
+    kw = {"method": "magnitude" if c["method"] == "magnitude" else "wanda", "sparsity": c["sparsity"],
+          "batch_size": 4, "progress": False}
+    if c["method"] != "magnitude":
+        calib = f"mono:{c['lang']}" if c["method"] == "mono" else f"mt:{c['lang']}-en"
+        kw.update(preset="paper", calib=calib, data=data)
+        if c["method"] == "contrastive":
+            kw["contrast"] = "code"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    report = featprune_ext.prune(src, out, **kw)
+    return {"prune_s": round(time.perf_counter() - t0, 1), "overall_sparsity": report["overall_sparsity"],
+            "calibration_tokens": (report.get("calibration") or {}).get("tokens")}
+
+
+def run(args) -> None:
+    import torch
+
+    from featprune_ext.study.runner import evaluate
+    from featprune_ext.study.scorer import Scorer
+
+    torch.set_num_threads(args.threads)
+    work, data = Path(args.work), Path(args.work) / "data"
+    for c in cells(args.models):
+        name = cell_name(c)
+        edir = work / "eval" / c["model"]
+        done = [edir / f"{name}.{task}.{lang}.json" for task, lang in evaluations(c)]
+        if all(p.exists() for p in done):
+            continue
+        edir.mkdir(parents=True, exist_ok=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {c['model']} {name}: eval on {','.join(c['eval'])}", flush=True)
+        src = model_src(c["model"])
+        info = {}
+        path = src
+        if c["method"] != "dense":
+            path = work / "models" / f"{c['model']}-{name}"
+            info = prune_cell(c, src, path, data)
+            print(f"    pruned in {info['prune_s']} s", flush=True)
+        scorer = Scorer(path, threads=args.threads, progress=False)
+        for task, lang in evaluations(c):
+            dest = edir / f"{name}.{task}.{lang}.json"
+            if dest.exists():
+                continue
+            res = evaluate(path, task, [lang], data=data, limit=TASKS[task], scorer=scorer, progress=False,
+                           n_boot=1000)
+            res["cell"] = {**c, "name": name, **info}
+            tmp = dest.with_suffix(".tmp")
+            tmp.write_text(json.dumps(res))
+            tmp.replace(dest)
+            print(f"    {task} {lang}: {res['timings']['total_s']:.0f} s", flush=True)
+        del scorer
+        if c["method"] != "dense":
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ analysis
+def primary(task: str, items: list[dict]):
+    """The pre-registered per-item primary metric."""
+    import numpy as np
+
+    if task == "translation-choice":
+        return np.array([it["correct_alt"] for it in items], dtype=float)
+    if task == "translate":
+        return np.array([it["chrf"] for it in items], dtype=float)
+    return np.array([[it["nll"], it["tokens"]] for it in items], dtype=float)
+
+
+def summary_value(task: str, x) -> float:
+    if task == "ppl":
+        return float(x[:, 0].sum() / x[:, 1].sum())
+    return float(x.mean() * (100 if task == "translation-choice" else 1))
+
+
+def load(work: Path) -> dict:
+    """(model, cell name, task) -> result JSON with every language evaluated so far."""
+    out = {}
+    for p in sorted((work / "eval").glob("*/*.json")):
+        name, task, _lang = p.name[: -len(".json")].rsplit(".", 2)
+        r = json.loads(p.read_text())
+        key = (p.parent.name, name, task)
+        if key in out:
+            out[key]["languages"].update(r["languages"])
+        else:
+            out[key] = r
+    return out
+
+
+def paired(task: str, a_items: list[dict], b_items: list[dict], seed: int = 0) -> dict:
+    """a - b on the items both have: exact McNemar for accuracy, paired bootstrap otherwise."""
+
+    from featprune_ext.study import metrics
+
+    ib = {it["id"]: it for it in b_items}
+    pairs = [(it, ib[it["id"]]) for it in a_items if it["id"] in ib]
+    xa = primary(task, [p[0] for p in pairs])
+    xb = primary(task, [p[1] for p in pairs])
+    diff = summary_value(task, xa) - summary_value(task, xb)
+    if task == "translation-choice":
+        mc = metrics.mcnemar_exact(xa.astype(bool), xb.astype(bool))
+        boot = metrics.paired_bootstrap(xa, xb, "mean", n_boot=N_BOOT, seed=seed)
+        lo, hi = (100 * v for v in boot["ci"])
+        return {"n": len(pairs), "diff": diff, "ci": [lo, hi], "p": mc["p_value"], "test": "exact McNemar",
+                "discordant": [mc["a_only"], mc["b_only"]]}
+    stat = "nll" if task == "ppl" else "mean"
+    boot = metrics.paired_bootstrap(xa, xb, stat, n_boot=N_BOOT, seed=seed)
+    return {"n": len(pairs), "diff": diff, "ci": list(boot["ci"]), "p": boot["p_value"], "test": "paired bootstrap"}
+
+
+def analyze(args) -> None:
+    import numpy as np
+
+    from featprune_ext.study import metrics
+
+    work, out = Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = load(work)
+    all_cells = cells(args.models)
+    missing = sorted({f"{c['model']}/{cell_name(c)}@{lang}" for c in all_cells for task, lang in evaluations(c)
+                      if lang not in res.get((c["model"], cell_name(c), task), {"languages": {}})["languages"]})
+    rows, tests = [], []
+    for (model, name, task), r in sorted(res.items()):
+        cell = r.get("cell", {})
+        for lang, s in r["languages"].items():
+            x = primary(task, s["items"])
+            ci = metrics.bootstrap_ci(x, "ppl" if task == "ppl" else "mean", n_boot=1000, seed=0)
+            if task == "ppl":
+                ci = [float(np.log(v)) for v in ci]  # nats per token
+            scale = 100 if task == "translation-choice" else 1
+            rows.append({"model": model, "cell": name, "method": cell.get("method", "dense"),
+                         "calib_lang": cell.get("lang"), "sparsity": cell.get("sparsity", 0.0), "task": task,
+                         "lang": lang, "n": len(x), "value": summary_value(task, x),
+                         "ci": [scale * v for v in ci] if task != "ppl" else ci,
+                         "chrf_corpus": s.get("chrf"), "bleu": s.get("bleu"), "acc_sum": s.get("accuracy")})
+    # the pre-registered comparisons: same model, language, sparsity and task
+    for model in args.models:
+        for task in TASKS:
+            for a, b in COMPARISONS:
+                family = []
+                for sp in SPARSITIES:
+                    for lang in LANGS:
+                        an = f"{a}-{lang}-s{int(sp * 100)}"
+                        bn = {"dense": "dense", "magnitude": f"magnitude-s{int(sp * 100)}"}.get(
+                            b, f"{b}-{lang}-s{int(sp * 100)}")
+                        ra, rb = res.get((model, an, task)), res.get((model, bn, task))
+                        if not ra or not rb or lang not in ra["languages"] or lang not in rb["languages"]:
+                            continue
+                        t = paired(task, ra["languages"][lang]["items"], rb["languages"][lang]["items"])
+                        family.append({"model": model, "task": task, "a": a, "b": b, "lang": lang, "sparsity": sp,
+                                       **t})
+                # cross-lingual: fr-en calibration evaluated on other languages, against dense and own-language mt
+                for sp in SPARSITIES if (a, b) in (("mt", "dense"), ("mt", "mono")) else []:
+                    an = f"mt-fr-s{int(sp * 100)}"
+                    for lang in CROSS:
+                        bn = "dense" if b == "dense" else f"mt-{lang}-s{int(sp * 100)}"
+                        ra, rb = res.get((model, an, task)), res.get((model, bn, task))
+                        if not ra or not rb or lang not in ra["languages"] or lang not in rb["languages"]:
+                            continue
+                        t = paired(task, ra["languages"][lang]["items"], rb["languages"][lang]["items"])
+                        family.append({"model": model, "task": task, "a": "mt-fr", "b": "dense" if b == "dense"
+                                       else f"mt-{lang}", "lang": lang, "sparsity": sp, "cross": True, **t})
+                if family:
+                    for t, adj in zip(family, metrics.holm([t["p"] for t in family])):
+                        t["p_holm"] = adj
+                        t["family_size"] = len(family)
+                    tests += family
+    summary = {"design": {"langs": LANGS, "cross": CROSS, "sparsities": SPARSITIES, "tasks": TASKS,
+                          "comparisons": COMPARISONS, "n_boot": N_BOOT},
+               "missing_cells": missing, "cells": rows, "tests": tests}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "tables.md").write_text(tables_md(rows, tests, missing))
+    plot(rows, out)
+    print(f"{len(rows)} cell-language results, {len(tests)} tests, {len(missing)} cells missing -> {out}")
+
+
+def tables_md(rows: list[dict], tests: list[dict], missing: list[str]) -> str:
+    from featprune_ext.tables import markdown_table
+
+    unit = {"translate": "sentence chrF", "translation-choice": "accuracy % (per-token score)",
+            "ppl": "nats per token"}
+    parts = []
+    for task in TASKS:
+        sel = [r for r in rows if r["task"] == task]
+        if not sel:
+            continue
+        body = [[r["model"], r["cell"], r["lang"], str(r["n"]), f"{r['value']:.2f}",
+                 f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"] for r in sel]
+        parts.append(f"### {task}: {unit[task]}\n\n"
+                     + markdown_table(["model", "cell", "lang", "n", "value", "95% CI"], body))
+    sel = tests
+    if sel:
+        body = [[t["model"], t["task"], f"{t['a']} - {t['b']}", t["lang"], f"{t['sparsity']:.1f}", str(t["n"]),
+                 f"{t['diff']:+.2f}", f"[{t['ci'][0]:+.2f}, {t['ci'][1]:+.2f}]", f"{t['p']:.4f}",
+                 f"{t['p_holm']:.4f}", "yes" if t["p_holm"] < 0.05 else "no difference detected"]
+                for t in sel]
+        parts.append("### Paired tests (Holm within model x task x comparison)\n\n" + markdown_table(
+            ["model", "task", "comparison", "lang", "sparsity", "n", "a - b", "95% CI", "p", "p Holm", "decision"],
+            body))
+    if missing:
+        parts.append("### Cells not run yet\n\n" + ", ".join(missing))
+    return "\n\n".join(parts) + "\n"
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    """Primary metric vs sparsity, per task and language, one line per method, 95% CIs as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for model in sorted({r["model"] for r in rows}):
+        for task in TASKS:
+            sel = [r for r in rows if r["model"] == model and r["task"] == task]
+            langs = [lang for lang in LANGS if any(r["lang"] == lang for r in sel)]
+            if not langs:
+                continue
+            fig, axes = plt.subplots(1, len(langs), figsize=(3.2 * len(langs), 3.2), squeeze=False)
+            for ax, lang in zip(axes[0], langs):
+                dense = [r for r in sel if r["lang"] == lang and r["method"] == "dense"]
+                for method, style in [("mt", "o-"), ("mono", "s--"), ("contrastive", "^-."), ("magnitude", "x:")]:
+                    pts = [r for r in sel if r["lang"] == lang and r["method"] == method
+                           and r["calib_lang"] in (lang, None)]
+                    pts = sorted(dense + pts, key=lambda r: r["sparsity"])
+                    if len(pts) < 2:
+                        continue
+                    xs = [r["sparsity"] for r in pts]
+                    ys = [r["value"] for r in pts]
+                    err = [[y - r["ci"][0] for y, r in zip(ys, pts)], [r["ci"][1] - y for y, r in zip(ys, pts)]]
+                    ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=2, label=method)
+                ax.set_title(lang)
+                ax.set_xlabel("sparsity")
+            axes[0][0].set_ylabel({"translate": "chrF", "translation-choice": "accuracy %",
+                                   "ppl": "nats / token"}[task])
+            axes[0][0].legend(fontsize=7)
+            fig.suptitle(f"{model}: {task} (95% CI)")
+            fig.tight_layout()
+            fig.savefig(out / f"{model}-{task}.png", dpi=110)
+            plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=("run", "analyze"))
+    p.add_argument("--work", default="/tmp/fp_paper")
+    p.add_argument("--models", nargs="+", default=["gemma3", "smollm2"], choices=["gemma3", "smollm2"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the 2 cores are shared)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "paper-design"))
+    args = p.parse_args()
+    run(args) if args.stage == "run" else analyze(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
