@@ -52,3 +52,24 @@ def test_generation_stops_at_the_first_newline(tiny_tokenizer_dir, tmp_path):
             hook.remove()
     assert out == ["", ""]
     assert steps["n"] <= 2, f"{steps['n']} forward passes: generation did not stop at the newline"
+
+
+def test_generation_batching_does_not_change_the_output(tiny_tokenizer_dir, tmp_path):
+    """Generation groups prompts by its own token budget (large: decoding steps are memory-bound);
+    one prompt per batch and all prompts in one batch (left padding) give the same greedy text."""
+    model_dir = build_tiny_model("llama", tmp_path / "m", tokenizer_dir=tiny_tokenizer_dir)
+    prompts = ["English: Open the file.\nFrench:", "English: Print.\nFrench:", "English: Save it now, please.\nFrench:"]
+    together = Scorer(model_dir, device="cpu", progress=False, batch_tokens=32)
+    alone = Scorer(model_dir, device="cpu", progress=False, generate_batch_tokens=1)
+    lengths = [len(together._ids(p, True)) + 8 for p in prompts]
+    assert len(together._batches(lengths, together.generate_batch_tokens)) == 1
+    assert len(alone._batches(lengths, alone.generate_batch_tokens)) == len(prompts)
+    assert len(together._batches(lengths)) > 1  # scoring keeps its own (small) budget
+    calls = {"together": 0, "alone": 0}
+    for name, sc in (("together", together), ("alone", alone)):
+        inner = sc.model.generate
+        sc.model.generate = lambda *a, _n=name, _g=inner, **k: (calls.__setitem__(_n, calls[_n] + 1), _g(*a, **k))[1]
+    out = together.generate(prompts, max_new_tokens=8)
+    assert out == alone.generate(prompts, max_new_tokens=8)
+    assert calls == {"together": 1, "alone": len(prompts)}, calls
+    assert any(out), "the tiny model generated nothing: the comparison would be vacuous"

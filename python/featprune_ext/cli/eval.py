@@ -34,7 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with other jobs)")
-    p.add_argument("--batch-tokens", type=int, default=1024, help="tokens per forward batch (default %(default)s)")
+    p.add_argument("--batch-tokens", type=int, default=1024,
+                   help="padded tokens per scoring batch (default %(default)s; generation batches up to 8192)")
     p.add_argument("--shots", type=int, default=4, help="translate: demonstrations per prompt (default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="translate: generation limit (default %(default)s)")
     p.add_argument("--template", default="paper", choices=("paper", "harness"),

@@ -37,7 +37,10 @@ class Scorer:
 
     def __init__(self, model_dir, *, device: str = "cpu", dtype: str = "float32", seqlen: int = 512,
                  batch_tokens: int = 1024, max_batch: int = 64, head_chunk: int = 512, threads: Optional[int] = None,
-                 progress: bool = True):
+                 progress: bool = True, generate_batch_tokens: int = 8192):
+        """batch_tokens: padded tokens per scoring batch (CPU caches like ~1k). generate_batch_tokens:
+        the same budget for generation, larger because each decoding step reads every weight once
+        for the whole batch (memory-bound), so fewer, larger batches take fewer steps in all."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_dir = Path(model_dir)
@@ -61,6 +64,7 @@ class Scorer:
         self.load_s = time.perf_counter() - t0
         self.seqlen, self.batch_tokens, self.max_batch, self.progress = seqlen, batch_tokens, max_batch, progress
         self.head_chunk = head_chunk
+        self.generate_batch_tokens = generate_batch_tokens
         self.body = self.model.base_model
         self.head = self.model.get_output_embeddings()
         cfg = self.model.config
@@ -144,12 +148,12 @@ class Scorer:
             del logits
         return torch.cat(out) if out else hidden.new_zeros(0)
 
-    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+    def _batches(self, lengths: Sequence[int], budget: Optional[int] = None) -> list[list[int]]:
         """Longest first (padding waste is lowest, the first batch shows peak memory), ties by index."""
         order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
         batches, cur = [], []
         for i in order:
-            if cur and ((len(cur) + 1) * lengths[cur[0]] > self.batch_tokens or len(cur) >= self.max_batch):
+            if cur and ((len(cur) + 1) * lengths[cur[0]] > (budget or self.batch_tokens) or len(cur) >= self.max_batch):
                 batches.append(cur)
                 cur = []
             cur.append(i)
@@ -242,7 +246,7 @@ class Scorer:
         bar = tqdm(total=len(enc), desc=desc, unit="seq", file=sys.stderr, disable=not self.progress,
                    dynamic_ncols=True, leave=False)
         try:
-            for batch in self._batches([len(e) + max_new_tokens for e in enc]):
+            for batch in self._batches([len(e) + max_new_tokens for e in enc], self.generate_batch_tokens):
                 width = max(len(enc[i]) for i in batch)
                 ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
