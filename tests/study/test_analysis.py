@@ -117,6 +117,14 @@ def test_default_spec_and_labels():
         A.default_spec(["qq"])
 
 
+def test_mt_mono_pairs_finds_languages_with_both_conditions():
+    from featprune_ext.study.plots import mt_mono_pairs
+
+    names = ["mono:en", "mono:fr", "mono:zh_CN", "mt:fr-en", "mt:hi-en", "mt:zh_CN-en", "code"]
+    assert mt_mono_pairs(names) == [("fr", 1, 3), ("zh_CN", 2, 5)]  # hi has no mono, en no mt
+    assert mt_mono_pairs(["mono:fr", "code"]) == []
+
+
 def test_analyze_cli_end_to_end(env, tmp_path, capsys):
     out = tmp_path / "out"
     rc = cli_main(["analyze", str(env["gemma3"]), "--langs", "en,fr", "--data", str(env["corpus"]), "--out", str(out),
@@ -132,7 +140,8 @@ def test_analyze_cli_end_to_end(env, tmp_path, capsys):
     summary = json.loads((out / "analysis.json").read_text())
     assert summary["labels"] == ["en", "fr", "fr-en"] and summary["layers"] == 4
     assert summary["calibration"]["buckets"]["mono:fr"]["samples"] == 2
-    for name in ("overlap_top-bottom_r30_mean.png", "overlap_top-top_r10_layers.png", "top_features/fr-en.png"):
+    for name in ("overlap_top-bottom_r30_mean.png", "overlap_top-top_r10_layers.png", "top_features/fr-en.png",
+                 "mt_vs_mono_features.png"):
         assert (out / name).stat().st_size > 1000
     with open(out / "overlap_r30.csv", encoding="utf-8") as fh:
         ov = list(csv.DictReader(fh))

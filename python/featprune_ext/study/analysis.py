@@ -33,7 +33,7 @@ from ..engine.families import find_blocks
 from ..errors import InputError
 from ..files import atomic_write_json
 from . import metrics
-from .plots import plot_overlap, plot_top_features
+from .plots import plot_mt_vs_mono, plot_overlap, plot_top_features
 
 __all__ = ["AnalysisError", "analyze", "condition_label", "default_spec", "feature_magnitudes", "format_summary",
            "overlap_matrix"]
@@ -243,6 +243,7 @@ def analyze(model_dir, out_dir, *, spec: Optional[str] = None, langs: Optional[S
                 plot_overlap(out_dir / f"overlap_{kind}_r{pct}_mean.png",
                              out_dir / f"overlap_{kind}_r{pct}_layers.png", m, labels, r, kind)
     if plots:
+        plot_mt_vs_mono(out_dir / "mt_vs_mono_features.png", mags, names, top)
         (out_dir / "top_features").mkdir(exist_ok=True)
         for k_idx, label in enumerate(labels):
             plot_top_features(out_dir / "top_features" / f"{label.replace(':', '_')}.png", mags[:, k_idx], label,

@@ -58,6 +58,50 @@ def plot_top_features(path: Path, mags_k: np.ndarray, label: str, top: int) -> N
     plt.close(fig)
 
 
+def mt_mono_pairs(names: list[str]) -> list[tuple[str, int, int]]:
+    """(language, index of mono:L, index of mt:L-en) for every language with both conditions."""
+    mono = {n.split(":", 1)[1]: i for i, n in enumerate(names) if n.startswith("mono:")}
+    pairs = []
+    for i, n in enumerate(names):
+        if n.startswith("mt:") and n.endswith("-en"):
+            lang = n[3:-3]
+            if lang in mono:
+                pairs.append((lang, mono[lang], i))
+    return pairs
+
+
+def plot_mt_vs_mono(path: Path, mags: np.ndarray, names: list[str], top: int = 20) -> bool:
+    """The paper's Figure 1 question side by side: per language (rows) and for an early, a middle
+    and the last block (columns), the `top` largest features under translation demonstrations (mt)
+    with the same features' magnitudes under monolingual text (mono), on one axis. Returns False
+    when no language has both conditions."""
+    pairs = mt_mono_pairs(names)
+    if not pairs:
+        return False
+    plt = _plt()
+    layers = sorted({1, mags.shape[0] // 2, mags.shape[0] - 1} & set(range(mags.shape[0])))
+    fig, axes = plt.subplots(len(pairs), len(layers), figsize=(3.6 * len(layers), 2.4 * len(pairs)), squeeze=False)
+    for row, (lang, i_mono, i_mt) in enumerate(pairs):
+        for col, layer in enumerate(layers):
+            ax = axes[row][col]
+            order = np.argsort(-mags[layer, i_mt], kind="stable")[:top]
+            x = np.arange(len(order))
+            ax.bar(x - 0.2, mags[layer, i_mt, order], width=0.4, color="tab:red", label=f"mt:{lang}-en")
+            ax.bar(x + 0.2, mags[layer, i_mono, order], width=0.4, color="tab:blue", label=f"mono:{lang}")
+            ax.set_xticks(x)
+            ax.set_xticklabels([str(i) for i in order], rotation=90, fontsize=5)
+            ax.tick_params(axis="y", labelsize=6)
+            ax.set_title(f"{lang}, layer {layer}", fontsize=8)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=6)
+    fig.suptitle(f"top-{top} features under translation demonstrations (red) and the same features under "
+                 "monolingual text (blue): mean over samples of the L2 norm over tokens", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _plot_heatmap(ax, mat: np.ndarray, labels: list[str], title: str, annotate: bool, vmax: float) -> object:
     im = ax.imshow(mat * 100, vmin=0, vmax=vmax * 100, cmap="viridis")
     ax.set_xticks(range(len(labels)))
