@@ -9,10 +9,15 @@ also on de, ru, zh_CN, hi (the cross-lingual question).
     featprune data gettext --langs fr,de,es,ru,zh_CN,ja,hi --extra-deb --out /tmp/fp_paper/data
     python docs/study/run_paper_design.py run      [--work /tmp/fp_paper] [--models gemma3 smollm2]
     python docs/study/run_paper_design.py analyze  [--work /tmp/fp_paper] [--out docs/study/paper-design]
+    python docs/study/run_paper_design.py features [--work /tmp/fp_paper] [--out docs/study/paper-design]
 
 `run` goes cell by cell in the priority order of CELLS and is resumable: a cell whose evaluation
 JSONs exist is skipped, and each pruned model is deleted once evaluated (fp32 Gemma is 1.1 GB).
 `analyze` applies the pre-registered tests to whatever cells exist and says which are missing.
+`features` runs `featprune analyze` (the paper's Figures 1-3: feature magnitudes and top/bottom
+overlaps, 20 samples per condition) and compares mt with mono magnitudes against what the token
+counts alone predict: the metric is an L2 norm over a sample's tokens, and an mt sample holds both
+sides of each demonstration.
 """
 
 from __future__ import annotations
@@ -329,15 +334,57 @@ def plot(rows: list[dict], out: Path) -> None:
             plt.close(fig)
 
 
+FEATURE_LANGS = ["en", "fr", "zh_CN", "hi"]
+
+
+def features(args) -> None:
+    import csv
+    import math
+
+    from featprune_ext.study.analysis import analyze as analyze_features
+
+    work, out = Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        adir = work / f"features-{model}"
+        if not (adir / "analysis.json").exists():
+            analyze_features(model_src(model), adir, langs=FEATURE_LANGS, data=work / "data", nsamples=20,
+                             threads=args.threads, progress=False)
+        summary = json.loads((adir / "analysis.json").read_text())
+        buckets = summary["calibration"]["buckets"]
+        with open(adir / "magnitudes.csv", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))[1:]
+        mags = {(r[0], int(r[1])): [float(v) for v in r[2:]] for r in rows}
+        result = {}
+        for lang in FEATURE_LANGS[1:]:
+            mt, mono = buckets[f"mt:{lang}-en"], buckets[f"mono:{lang}"]
+            expected = math.sqrt((mt["tokens"] / mt["samples"]) / (mono["tokens"] / mono["samples"]))
+            median, top = [], []
+            for layer in range(summary["layers"]):
+                a, b = mags[(f"mt:{lang}-en", layer)], mags[(f"mono:{lang}", layer)]
+                ratios = sorted(x / y for x, y in zip(a, b) if y > 0)
+                median.append(ratios[len(ratios) // 2])
+                i = max(range(len(a)), key=a.__getitem__)
+                top.append(a[i] / b[i])
+            result[lang] = {"sqrt_token_ratio": expected, "median_feature_ratio": [min(median), max(median)],
+                            "top_feature_ratio": [min(top), max(top)]}
+            print(f"{model} {lang}: mt/mono magnitude, median feature {min(median):.2f}-{max(median):.2f} over layers, "
+                  f"top mt feature {min(top):.2f}-{max(top):.2f}; sqrt(tokens per mt sample / per mono sample) "
+                  f"= {expected:.2f}")
+        (out / f"features-{model}.json").write_text(json.dumps(result, indent=1))
+        for name in ("mt_vs_mono_features.png", "overlap_top-top_r30_mean.png", "overlap_top-bottom_r30_mean.png"):
+            shutil.copyfile(adir / name, out / f"{model}-{name}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=("run", "analyze"))
+    p.add_argument("stage", choices=("run", "analyze", "features"))
     p.add_argument("--work", default="/tmp/fp_paper")
     p.add_argument("--models", nargs="+", default=["gemma3", "smollm2"], choices=["gemma3", "smollm2"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the 2 cores are shared)")
     p.add_argument("--out", default=str(Path(__file__).parent / "paper-design"))
     args = p.parse_args()
-    run(args) if args.stage == "run" else analyze(args)
+    {"run": run, "analyze": analyze, "features": features}[args.stage](args)
     return 0
 
 
