@@ -88,7 +88,8 @@ def prune_cell(c: dict, src: Path, out: Path, data: Path) -> dict:
         kw.update(preset="paper", calib=calib, data=data)
         if c["method"] == "contrastive":
             kw["contrast"] = "code"
-    shutil.rmtree(out, ignore_errors=True)
+    for stale in (out, out.with_name(out.name + ".partial")):  # an interrupted earlier run of this cell
+        shutil.rmtree(stale, ignore_errors=True)
     t0 = time.perf_counter()
     report = featprune_ext.prune(src, out, **kw)
     return {"prune_s": round(time.perf_counter() - t0, 1), "overall_sparsity": report["overall_sparsity"],
