@@ -3,8 +3,9 @@
 Per model (Gemma 3 270M, and SmolLM2 135M as the English-centric control), per language X and
 sparsity: Wanda calibrated on the one pair X-en (`--preset paper`: 100 samples, 4 shots, 512 tokens),
 on mono:X, and the contrastive variant (mt:X-en against code), plus dense and magnitude; each model
-is evaluated on X (translate X->En, perplexity, translation-choice), and the fr-en-calibrated ones
-also on de, ru, zh_CN, hi (the cross-lingual question).
+is evaluated on X (translate X->En, perplexity, translation-choice), and the ones calibrated on fr-en
+and on mono:fr also on de, ru, zh_CN, hi (the cross-lingual question: do French translation
+demonstrations help other languages more than French text alone?).
 
     featprune data gettext --langs fr,de,es,ru,zh_CN,ja,hi --extra-deb --out /tmp/fp_paper/data
     python docs/study/run_paper_design.py run      [--work /tmp/fp_paper] [--models gemma3 smollm2]
@@ -53,16 +54,16 @@ def cells(models: list[str]) -> list[dict]:
                 out.append({"model": model, "method": "magnitude", "lang": None, "sparsity": sp, "eval": [lang]})
                 for method in METHODS:
                     out.append({"model": model, "method": method, "lang": lang, "sparsity": sp,
-                                "eval": [lang] + (cross if method == "mt" else [])})
+                                "eval": [lang] + (cross if method in ("mt", "mono") else [])})
     return out
 
 
 def evaluations(c: dict) -> list[tuple[str, str]]:
-    """(task, language) pairs of a cell. The cross-lingual languages of an fr-en model get the
+    """(task, language) pairs of a cell. The cross-lingual languages of the fr models get the
     scoring tasks only: generation is the slow part, and the question there is about tasks other
     than translating the calibration pair."""
     return [(task, lang) for task in TASKS for lang in c["eval"]
-            if not (task == "translate" and c["method"] == "mt" and lang != c["lang"])]
+            if not (task == "translate" and c["method"] in ("mt", "mono") and lang != c["lang"])]
 
 
 def cell_name(c: dict) -> str:
@@ -244,17 +245,19 @@ def analyze(args) -> None:
                         t = paired(task, ra["languages"][lang]["items"], rb["languages"][lang]["items"])
                         family.append({"model": model, "task": task, "a": a, "b": b, "lang": lang, "sparsity": sp,
                                        **t})
-                # cross-lingual: fr-en calibration evaluated on other languages, against dense and own-language mt
-                for sp in SPARSITIES if (a, b) in (("mt", "dense"), ("mt", "mono")) else []:
+                # cross-lingual: the fr-en model on other languages, against mono:fr there (the transfer
+                # question) or dense; each joins the family of its comparison
+                cross_b = {("mt", "mono"): "mono-fr", ("mt", "dense"): "dense"}.get((a, b))
+                for sp in SPARSITIES if cross_b else []:
                     an = f"mt-fr-s{int(sp * 100)}"
+                    bn = cross_b if cross_b == "dense" else f"{cross_b}-s{int(sp * 100)}"
                     for lang in CROSS:
-                        bn = "dense" if b == "dense" else f"mt-{lang}-s{int(sp * 100)}"
                         ra, rb = res.get((model, an, task)), res.get((model, bn, task))
                         if not ra or not rb or lang not in ra["languages"] or lang not in rb["languages"]:
                             continue
                         t = paired(task, ra["languages"][lang]["items"], rb["languages"][lang]["items"])
-                        family.append({"model": model, "task": task, "a": "mt-fr", "b": "dense" if b == "dense"
-                                       else f"mt-{lang}", "lang": lang, "sparsity": sp, "cross": True, **t})
+                        family.append({"model": model, "task": task, "a": "mt-fr", "b": cross_b, "lang": lang,
+                                       "sparsity": sp, "cross": True, **t})
                 if family:
                     for t, adj in zip(family, metrics.holm([t["p"] for t in family])):
                         t["p_holm"] = adj
@@ -267,6 +270,14 @@ def analyze(args) -> None:
     (out / "tables.md").write_text(tables_md(rows, tests, missing))
     plot(rows, out)
     print(f"{len(rows)} cell-language results, {len(tests)} tests, {len(missing)} cells missing -> {out}")
+
+
+def decision(t: dict) -> str:
+    """The pre-registered rule: an ordering only where the Holm-adjusted p < 0.05, with its sign."""
+    if t["p_holm"] >= 0.05:
+        return "no difference detected"
+    a_better = t["diff"] < 0 if t["task"] == "ppl" else t["diff"] > 0  # ppl: fewer nats per token is better
+    return f"{t['a'] if a_better else t['b']} better"
 
 
 def tables_md(rows: list[dict], tests: list[dict], missing: list[str]) -> str:
@@ -287,8 +298,7 @@ def tables_md(rows: list[dict], tests: list[dict], missing: list[str]) -> str:
     if sel:
         body = [[t["model"], t["task"], f"{t['a']} - {t['b']}", t["lang"], f"{t['sparsity']:.1f}", str(t["n"]),
                  f"{t['diff']:+.2f}", f"[{t['ci'][0]:+.2f}, {t['ci'][1]:+.2f}]", f"{t['p']:.4f}",
-                 f"{t['p_holm']:.4f}", "yes" if t["p_holm"] < 0.05 else "no difference detected"]
-                for t in sel]
+                 f"{t['p_holm']:.4f}", decision(t)] for t in sel]
         parts.append("### Paired tests (Holm within model x task x comparison)\n\n" + markdown_table(
             ["model", "task", "comparison", "lang", "sparsity", "n", "a - b", "95% CI", "p", "p Holm", "decision"],
             body))
