@@ -324,7 +324,8 @@ def plot(rows: list[dict], out: Path) -> None:
                     sel = [r for r in sel if r["method"] == "dense" or r["calib_lang"] == "fr"]
                     langs = [lang for lang in CROSS if any(r["lang"] == lang and r["method"] != "dense" for r in sel)]
                 else:
-                    langs = [lang for lang in LANGS if any(r["lang"] == lang for r in sel)]
+                    langs = [lang for lang in LANGS if any(r["lang"] == lang and r["method"] != "dense"
+                                                           and r["calib_lang"] in (lang, None) for r in sel)]
                 if langs:
                     _plot_panels(plt, sel, langs, own, cross, task,
                                  out / f"{model}-{task}{'-cross-fr' if cross else ''}.png",
