@@ -69,7 +69,7 @@ def test_resume_without_partial_starts_fresh(tiny_model, calib_jsonl, tmp_path):
 
 
 def test_resume_points_can_be_sparse(tiny_model, calib_jsonl, tmp_path):
-    """Blocks whose outputs are not saved (large activations: run.py _resume_point_due) are redone by
+    """Blocks whose outputs are not saved (large activations: resume.resume_point_due) are redone by
     --resume from the last saved block, and the output is still bit-identical."""
     src = tiny_model(FAMILY)
     ref, out = tmp_path / "ref", tmp_path / "out"

@@ -77,9 +77,9 @@ MUTANTS = [
            native=True),
     Mutant("outputs-not-propagated", "block i+1 sees block i's dense (unpruned) outputs",
            "engine/run.py",
-           [("entries, matrices = self._prune_block(i, linears, stats, originals)",
+           [("entries, matrices = prune_block_matrices(self, i, linears, stats, originals, sparsity)",
              "self._dense = [c.run(block, h) for c, h in zip(calls[i], hidden)] if calls else hidden; "
-             "entries, matrices = self._prune_block(i, linears, stats, originals)"),
+             "entries, matrices = prune_block_matrices(self, i, linears, stats, originals, sparsity)"),
             ("hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1",
              "hidden = self._dense  # MUTANT: the unpruned outputs feed block i+1")],
            [ENGINE_EQUIV]),

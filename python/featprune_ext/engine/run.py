@@ -41,13 +41,13 @@ from .batches import (
     parse_dtype,
     validate_pattern,
 )
+from .block_matrices import prune_block_matrices
 from .capture import capture_block_calls
 from .checkpoint import Checkpoint, RawTensor, write_safetensors
 from .distributed import DistContext
 from .hessian import check_finite_hessians, collect_hessians
 from .layerwise import owl_pass
 from .lock import RunLock
-from .moe import prune_matrix, warn_fallbacks
 from .report import block_error, numel, peak_rss_bytes
 from .resume import (
     PROGRESS_NAME,
@@ -349,7 +349,8 @@ class _Run:
                         nxt = loader.submit(self._load, i + 1)  # prefetch while this block computes
                     hidden, next_hidden, entries, report = self._block(i, tensors, event, batches, calls, hidden)
                 except RuntimeError as exc:
-                    raise self._block_error(i, exc) from exc
+                    raise block_error(exc, i, skel.block_prefix[i], self.device, self.batch_size,
+                                      self.part.name) from exc
                 report["time_s"] = round(time.perf_counter() - t_block, 4)
                 if self.dist.enabled:
                     # every rank's activations are on disk before rank 0 records the block as done
@@ -402,16 +403,18 @@ class _Run:
                                       device)
                 self.dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
                                       [st.absmax for st in stats.values()])
-                self._check_activations(i, linears, stats)
+                # NaN or inf in a linear's inputs: name the block and the linear, and the likely cause
+                check_finite_stats(skel.block_prefix[i], i, linears, stats, skel.dtype)
         die_if_asked("stats", i)
         with self.timer.phase("select_s", sync=True):
-            entries, matrices = self._prune_block(i, linears, stats, originals)
+            sparsity = self.layerwise_info["target_sparsity"][i] if self.layerwise_info else self.sparsity
+            entries, matrices = prune_block_matrices(self, i, linears, stats, originals, sparsity)
         del originals
         next_hidden = None
         if method.needs_calibration and i + 1 < skel.num_blocks:
             with self.timer.phase("pruned_pass_s", sync=True):
                 hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1
-                if not self._resume_point_due(i, hidden):
+                if not resume_point_due(self, i, hidden):
                     next_hidden = _NOT_A_RESUME_POINT
                 else:
                     next_hidden = [h.to("cpu") for h in hidden] if device.type == "cuda" else hidden
@@ -427,40 +430,6 @@ class _Run:
         if device.type == "cuda":
             report["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
         return hidden, next_hidden, entries, report
-
-    def _resume_point_due(self, i: int, hidden) -> bool:
-        return resume_point_due(self, i, hidden)
-
-    def _check_activations(self, i: int, linears, stats) -> None:
-        """NaN or inf in a linear's inputs: name the block and the linear, and the likely cause."""
-        check_finite_stats(self.skel.block_prefix[i], i, linears, stats, self.skel.dtype)
-
-    def _block_error(self, i: int, exc: RuntimeError) -> BaseException:
-        return block_error(exc, i, self.skel.block_prefix[i], self.device, self.batch_size, self.part.name)
-
-    def _prune_block(self, i: int, linears, stats, originals):
-        skel = self.skel
-        matrices, entries, pruned_keys = {}, [], set()
-        sparsity = self.layerwise_info["target_sparsity"][i] if self.layerwise_info else self.sparsity
-        for pl in linears:
-            key = skel.block_key(i, pl.param_name)
-            stored_w = originals.get(key, pl.module.weight.data)
-            w = stored_w.t() if pl.transposed else stored_w
-            count, notes = prune_matrix(self.method, w, stats.get(pl.name), sparsity=sparsity, n=self.n,
-                                        m=self.m, name=key)  # magnitude for an expert no token reached
-            if key in originals:
-                pl.module.weight.data.copy_(stored_w)
-            zeros = w.numel() - int(torch.count_nonzero(w))
-            matrices[key] = {"shape": list(pl.module.weight.shape), "pruned": count,
-                             "sparsity": zeros / max(w.numel(), 1), **notes}
-            matrices[key].update(self.method.matrix_notes.pop(key, {}))  # e.g. protected columns
-            stored = self.ckpt.info(key).dtype  # written back in the input's dtype
-            entries.append((key, stored_w.to(device="cpu", dtype=stored)))
-            pruned_keys.add(key)
-        # everything else in the block (norms, biases, ...) is copied byte for byte
-        entries += [(k, RawTensor(self.ckpt, k)) for k in skel.block_keys[i] if k not in pruned_keys]
-        warn_fallbacks(i, matrices)
-        return entries, matrices
 
     def phases(self, t_start: float, t_final: float) -> dict:
         """Per-phase seconds (timing.py): main-thread phases, background busy time and main-thread waits."""

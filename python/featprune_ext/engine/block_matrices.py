@@ -1,0 +1,37 @@
+"""Prune the matrices of one attached block and list what its shard holds: the pruned matrices in
+their stored dtype, everything else (norms, biases, ...) byte for byte from the input."""
+
+from __future__ import annotations
+
+import torch
+
+from .checkpoint import RawTensor
+from .moe import prune_matrix, warn_fallbacks
+
+__all__ = ["prune_block_matrices"]
+
+
+def prune_block_matrices(run, i: int, linears, stats, originals, sparsity):
+    """(shard entries, per-matrix report) of block i. originals: stored-precision weights of the
+    matrices whose forward passes ran in another dtype; they are pruned and written back, and the
+    module's compute copy is refreshed from them."""
+    skel = run.skel
+    matrices, entries, pruned_keys = {}, [], set()
+    for pl in linears:
+        key = skel.block_key(i, pl.param_name)
+        stored_w = originals.get(key, pl.module.weight.data)
+        w = stored_w.t() if pl.transposed else stored_w
+        count, notes = prune_matrix(run.method, w, stats.get(pl.name), sparsity=sparsity, n=run.n,
+                                    m=run.m, name=key)  # magnitude for an expert no token reached
+        if key in originals:
+            pl.module.weight.data.copy_(stored_w)
+        zeros = w.numel() - int(torch.count_nonzero(w))
+        matrices[key] = {"shape": list(pl.module.weight.shape), "pruned": count,
+                         "sparsity": zeros / max(w.numel(), 1), **notes}
+        matrices[key].update(run.method.matrix_notes.pop(key, {}))  # e.g. protected columns
+        stored = run.ckpt.info(key).dtype  # written back in the input's dtype
+        entries.append((key, stored_w.to(device="cpu", dtype=stored)))
+        pruned_keys.add(key)
+    entries += [(k, RawTensor(run.ckpt, k)) for k in skel.block_keys[i] if k not in pruned_keys]
+    warn_fallbacks(i, matrices)
+    return entries, matrices
