@@ -41,10 +41,26 @@ COMPARISONS = [("mt", "mono"), ("mt", "contrastive"), ("mt", "dense"), ("mt", "m
 N_BOOT = 10_000
 
 
+def phase(c: dict) -> int:
+    """Run order: the primary comparison (mt vs mono, with dense) at 50% in every language first, then
+    at 30%, then magnitude, then the contrastive variant (two calibration passes: the slowest cell).
+    The 2-core CPU cannot run the whole grid in one session, so an interrupted run should have the
+    primary question answered in as many languages as possible."""
+    if c["method"] == "dense":
+        return 0
+    if c["method"] in ("mt", "mono"):
+        return 0 if c["sparsity"] == 0.5 else 1
+    return 2 if c["method"] == "magnitude" else 3
+
+
 def cells(models: list[str]) -> list[dict]:
-    """Every cell of the design, in the order it is run: language by language (both sparsities, every
-    model, the references evaluated on that language too), so that an interrupted run has whole
-    languages. A cell is one pruned (or dense) model evaluated on the languages in "eval"."""
+    """Every cell of the design, in the order it is run (see `phase`; languages in LANGS order within
+    a phase). A cell is one pruned (or dense) model evaluated on the languages in "eval"."""
+    grid = _grid(models)
+    return sorted(grid, key=lambda c: (phase(c), LANGS.index(c["eval"][0])))
+
+
+def _grid(models: list[str]) -> list[dict]:
     out = []
     for lang in LANGS:
         cross = CROSS if lang == "fr" else []
