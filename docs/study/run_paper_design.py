@@ -284,7 +284,10 @@ def analyze(args) -> None:
                "missing_cells": missing, "cells": rows, "tests": tests}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "tables.md").write_text(tables_md(rows, tests, missing))
-    plot(rows, out)
+    import paper_design_plots as plots  # beside this script
+
+    plots.plot(rows, out, TASKS, LANGS, CROSS)
+    plots.plot_paper_question(tests, out, LANGS)
     print(f"{len(rows)} cell-language results, {len(tests)} tests, {len(missing)} cells missing -> {out}")
 
 
@@ -321,56 +324,6 @@ def tables_md(rows: list[dict], tests: list[dict], missing: list[str]) -> str:
     if missing:
         parts.append("### Cells not run yet\n\n" + ", ".join(missing))
     return "\n\n".join(parts) + "\n"
-
-
-def plot(rows: list[dict], out: Path) -> None:
-    """Primary metric vs sparsity, per task and language, one line per method, 95% CIs as bars; and
-    the same for the fr-calibrated models on the other languages (cross-lingual)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    own = [("mt", "o-"), ("mono", "s--"), ("contrastive", "^-."), ("magnitude", "x:")]
-    for model in sorted({r["model"] for r in rows}):
-        for task in TASKS:
-            for cross in (False, True):
-                sel = [r for r in rows if r["model"] == model and r["task"] == task]
-                if cross:
-                    sel = [r for r in sel if r["method"] == "dense" or r["calib_lang"] == "fr"]
-                    langs = [lang for lang in CROSS if any(r["lang"] == lang and r["method"] != "dense" for r in sel)]
-                else:
-                    langs = [lang for lang in LANGS if any(r["lang"] == lang and r["method"] != "dense"
-                                                           and r["calib_lang"] in (lang, None) for r in sel)]
-                if langs:
-                    _plot_panels(plt, sel, langs, own, cross, task,
-                                 out / f"{model}-{task}{'-cross-fr' if cross else ''}.png",
-                                 f"{model}: {task}{', models calibrated on French' if cross else ''} (95% CI)")
-
-
-def _plot_panels(plt, sel, langs, methods, cross, task, path, title) -> None:
-    fig, axes = plt.subplots(1, len(langs), figsize=(3.2 * len(langs), 3.2), squeeze=False)
-    for ax, lang in zip(axes[0], langs):
-        dense = [r for r in sel if r["lang"] == lang and r["method"] == "dense"]
-        for method, style in methods:
-            pts = [r for r in sel if r["lang"] == lang and r["method"] == method
-                   and r["calib_lang"] in (("fr",) if cross else (lang, None))]
-            pts = sorted(dense + pts, key=lambda r: r["sparsity"])
-            if len(pts) < 2:
-                continue
-            xs = [r["sparsity"] for r in pts]
-            ys = [r["value"] for r in pts]
-            err = [[y - r["ci"][0] for y, r in zip(ys, pts)], [r["ci"][1] - y for y, r in zip(ys, pts)]]
-            ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=2, label=f"{method}{':fr' if cross else ''}")
-        ax.set_title(lang)
-        ax.set_xlabel("sparsity")
-    axes[0][0].set_ylabel({"translate": "chrF", "translation-choice": "accuracy %", "ppl": "nats / token"}[task])
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 FEATURE_LANGS = ["en", "fr", "zh_CN", "hi"]

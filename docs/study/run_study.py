@@ -24,8 +24,8 @@ import torch
 
 LANGS = ["fr", "es", "zh_CN", "ru", "ja", "hi"]  # the X of X-en demonstrations
 SPECS = {
-    "wanda-mt": "+".join(f"mt:{l}-en" for l in LANGS),
-    "wanda-mono": "+".join(f"mono:{l}" for l in LANGS),
+    "wanda-mt": "+".join(f"mt:{lang}-en" for lang in LANGS),
+    "wanda-mono": "+".join(f"mono:{lang}" for lang in LANGS),
 }
 SPARSITY = 0.3
 MODELS = ["dense", "wanda-mt", "wanda-mono", "magnitude", "random"]
@@ -35,9 +35,9 @@ def prune(work: Path, threads: int) -> None:
     from transformers import AutoTokenizer
 
     from featprune_ext.data.calibration import build_calibration
+    from featprune_ext.data.zoo import gemma3_270m_dir
     from featprune_ext.engine import format_report_table, prune_model
     from featprune_ext.methods import get_method
-    from featprune_ext.data.zoo import gemma3_270m_dir
 
     torch.set_num_threads(threads)
     dense = gemma3_270m_dir()
