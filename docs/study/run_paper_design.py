@@ -313,6 +313,18 @@ def tables_md(rows: list[dict], tests: list[dict], missing: list[str]) -> str:
                  f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"] for r in sel]
         parts.append(f"### {task}: {unit[task]}\n\n"
                      + markdown_table(["model", "cell", "lang", "n", "value", "95% CI"], body))
+    paper = [t for t in tests if t["a"] in ("mt", "mt-fr") and t["b"] in ("mono", "mono-fr")]
+    if paper:
+        order = {lang: i for i, lang in enumerate(LANGS)}
+        paper.sort(key=lambda t: (t["model"], list(TASKS).index(t["task"]), t.get("cross", False),
+                                  order[t["lang"]], -t["sparsity"]))
+        body = [[t["model"], t["task"], t["lang"] + (" (fr-calibrated)" if t.get("cross") else ""),
+                 f"{t['sparsity']:.0%}", str(t["n"]), f"{t['diff']:+.2f}", f"[{t['ci'][0]:+.2f}, {t['ci'][1]:+.2f}]",
+                 f"{t['p_holm']:.3f}", decision(t)] for t in paper]
+        parts.append("### The paper's question: mt:X-en minus mono:X (Holm within model x task)\n\n"
+                     "ppl: nats per token, negative = mt better; translate: chrF; translation-choice: points.\n\n"
+                     + markdown_table(["model", "task", "evaluated on", "sparsity", "n", "mt - mono", "95% CI",
+                                       "p Holm", "decision"], body))
     sel = tests
     if sel:
         body = [[t["model"], t["task"], f"{t['a']} - {t['b']}", t["lang"], f"{t['sparsity']:.1f}", str(t["n"]),
