@@ -16,17 +16,22 @@
 // - N:M with m in {1, 2, 4, 8} on contiguous rows: one fused pass per row. Eight
 //   keys at a time; each entry's rank in its group is counted against the m - 1
 //   rotations of the group (lane permutes), so nothing goes through memory.
-// - Unstructured: keys computed 8 at a time into a row buffer; a fixed sample of
-//   the row brackets the k-th key [lo, hi]; one pass counts keys < lo and
-//   compacts keys in [lo, hi] (AVX2 compress by lookup table); radix select with
-//   8-bit digits over the bracket's differing bits refines those few; one fused
-//   pass flags, blends the weights and writes the mask. If the bracket misses
-//   (skewed row) the radix select runs over the whole row: slower, same result.
+// - Unstructured: keys computed 8 at a time into a row buffer (with the row's mean
+//   score); a bracket [lo, hi] around the k-th key, predicted from the previous
+//   rows (threshold / mean score is nearly constant across a matrix's rows; a few %
+//   of the row fall inside) or, until that prediction is steady, from a fixed
+//   sample of the row (~28% inside); one pass counts keys < lo and compacts keys
+//   in [lo, hi] (AVX2 compress by lookup table); radix select with 8-bit digits
+//   over the bracket's differing bits refines those few; one fused pass flags,
+//   blends the weights and writes the mask. A bracket that misses (a row unlike
+//   the others, a skewed row) falls back to the sample's bracket, then to a radix
+//   select over the whole row: slower, same result.
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -253,6 +258,10 @@ struct Scratch {
   std::vector<uint8_t> flags;
   const char* prefetch = nullptr;  // the next row's weights, fetched during this row's selection
   size_t prefetch_bytes = 0;
+  // Threshold / mean score of the rows this thread selected so far (a running average), and the
+  // running mean relative error of that ratio as a predictor: see predicted_bracket().
+  float ratio = 0.0f, ratio_err = 1.0f;
+  int rows_seen = 0;
   explicit Scratch(int64_t cols, size_t samples)
       : keys(size_t(cols) + kPad), a(size_t(cols) + kPad), b(size_t(cols) + kPad), sample(samples + kPad),
         hist(4 * 256), flags(size_t(cols) + kPad) {}
@@ -292,6 +301,16 @@ FEATPRUNE_AVX2 inline __m256i key8(__m256 w, const float* scale, const uint32_t*
   // NaN -> 0x7FFFFFFF; otherwise the bits without the sign of a -0.0.
   const __m256i key = _mm256_castps_si256(_mm256_and_ps(_mm256_or_ps(s, nan), abs_mask));
   return _mm256_or_si256(key, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(prot_or)));
+}
+
+// key8(), also adding the 8 scores to *sum (protected columns included: it only feeds an estimate).
+FEATPRUNE_AVX2 inline __m256i key8_sum(__m256 w, const float* scale, const uint32_t* prot, __m256* sum) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256 s = _mm256_mul_ps(_mm256_and_ps(w, abs_mask), _mm256_loadu_ps(scale));
+  *sum = _mm256_add_ps(*sum, s);
+  const __m256 nan = _mm256_cmp_ps(s, s, _CMP_UNORD_Q);
+  const __m256i key = _mm256_castps_si256(_mm256_and_ps(_mm256_or_ps(s, nan), abs_mask));
+  return _mm256_or_si256(key, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(prot)));
 }
 
 // Zero the pruned lanes of w[j .. j+8) (kept lanes rewritten with their own bits).
@@ -464,13 +483,25 @@ FEATPRUNE_AVX2 void order_stats(const uint32_t* x, size_t n, size_t p1, size_t p
 
 // The key of 0-based rank `rank` in the row (s.keys), how many keys are smaller, how many equal.
 FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int64_t rank, uint32_t* threshold,
-                               int64_t* n_less, int64_t* n_equal) {
+                               int64_t* n_less, int64_t* n_equal, bool predicted, uint32_t plo, uint32_t phi) {
   const uint32_t* keys = s.keys.data();
   uint32_t lo = 0, hi = 0xFFFFFFFFu;
   int64_t before = 0, r = rank;
   size_t n = 0;
   bool bracketed = false;
-  const size_t ns = cd.sample_pos.size();
+  if (predicted) {  // a narrow bracket from the previous rows; on a miss, the sample's bracket below
+    int64_t below = 0;
+    const size_t m = bracket_pass(keys, size_t(cols), plo, phi, s.a.data(), &below, s.prefetch, s.prefetch_bytes);
+    if (below <= rank && rank < below + int64_t(m)) {
+      bracketed = true;
+      lo = plo;
+      hi = phi;
+      before = below;
+      r = rank - below;
+      n = m;
+    }
+  }
+  const size_t ns = bracketed ? 0 : cd.sample_pos.size();
   if (ns) {
     uint32_t* smp = s.sample.data();
     for (size_t i = 0; i < ns; ++i) smp[i] = keys[cd.sample_pos[i]];
@@ -544,6 +575,44 @@ FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int
   *n_equal = equal;
 }
 
+inline float key_float(uint32_t key) {
+  float f;
+  std::memcpy(&f, &key, sizeof f);
+  return f;
+}
+
+inline uint32_t float_key(float f) {
+  uint32_t key;
+  std::memcpy(&key, &f, sizeof key);
+  return key;
+}
+
+// Wanda's threshold of a row, divided by the row's mean score, is nearly the same from row to row
+// (the rows' score distributions differ mostly by scale), so previous rows predict this row's
+// threshold far better than a 64-key sample does: the bracket around it holds a few % of the row
+// instead of ~28%, and the radix select after it has little left to do. Only a speed-up: a miss
+// (the k-th key outside the bracket) falls back to the sample's bracket, the result is the same.
+inline bool predicted_bracket(const Scratch& s, float mean, uint32_t* lo, uint32_t* hi) {
+  if (s.rows_seen < 4 || !(s.ratio_err < 0.08f) || !(mean > 0.0f) || !std::isfinite(mean)) return false;
+  const float t = s.ratio * mean, width = std::max(0.01f, 3.0f * s.ratio_err);
+  *lo = float_key(t * (1.0f - width));
+  *hi = float_key(t * (1.0f + width));
+  return true;
+}
+
+inline void update_ratio(Scratch& s, float mean, uint32_t threshold) {
+  if (threshold >= 0x7F800000u || !(mean > 0.0f) || !std::isfinite(mean)) return;  // inf, NaN, protected
+  const float r = key_float(threshold) / mean;
+  if (s.rows_seen == 0) {
+    s.ratio = r;
+  } else {
+    const float err = std::fabs(r / s.ratio - 1.0f);  // NaN when ratio is 0: disables the prediction
+    s.ratio_err = s.rows_seen == 1 ? err : 0.75f * s.ratio_err + 0.25f * err;
+    s.ratio = 0.75f * s.ratio + 0.25f * r;
+  }
+  ++s.rows_seen;
+}
+
 template <DType D>
 FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd, Scratch& s, int64_t row,
                                      uint8_t* flags) {
@@ -560,18 +629,31 @@ FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd,
   const uint32_t* prot = cd.prot_or.data();
   uint32_t* keys = s.keys.data();
   int64_t j = 0;
+  float mean = std::numeric_limits<float>::quiet_NaN();  // of the row's scores: feeds the predicted bracket
   if (contiguous) {
-    for (; j + 8 <= cols; j += 8)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + j), key8(load8<D>(w, j), scale + j, prot + j));
+    __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();  // two chains: the adds stay off the critical path
+    for (; j + 16 <= cols; j += 16) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + j), key8_sum(load8<D>(w, j), scale + j, prot + j, &sum0));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + j + 8),
+                          key8_sum(load8<D>(w, j + 8), scale + j + 8, prot + j + 8, &sum1));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_add_ps(sum0, sum1));
+    float total = 0.0f;
+    for (float x : lanes) total += x;
+    for (int64_t t = j; t < cols; ++t) total += std::fabs(load1<D>(w, t)) * scale[t];
+    mean = total / float(cols);
   }
   for (; j < cols; ++j) keys[j] = score_key(load1<D>(w, j * cs), scale[j]) | prot[j];
 
-  uint32_t v;
+  uint32_t v, plo = 0, phi = 0;
   int64_t n_less, n_equal;
   const bool next = contiguous && row + 1 < a.weight.rows;
   s.prefetch = next ? row_ptr(a, row + 1, elem) : nullptr;
   s.prefetch_bytes = next ? size_t(cols) * elem : 0;
-  select_row(s, cd, cols, k - 1, &v, &n_less, &n_equal);
+  const bool predicted = cols >= kMinSampledCols && predicted_bracket(s, mean, &plo, &phi);
+  select_row(s, cd, cols, k - 1, &v, &n_less, &n_equal, predicted, plo, phi);
+  update_ratio(s, mean, v);
   // Pruned: keys < v, and keys == v in columns < cut (the first k - n_less of them).
   int64_t ties_left = k - n_less, cut = cols;
   if (ties_left < n_equal) {

@@ -272,3 +272,28 @@ def test_cpu_paths_match_reference(monkeypatch, simd, dtype, case):
         protect[::8] = True  # one per group of 8 at most
         pattern["protect"] = protect
     run_and_check(w, scale, **pattern)
+
+
+def _rows_that_break_the_prediction(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
+    """Steady rows (the AVX2 path then predicts each threshold from the previous rows' threshold /
+    mean-score ratio), interrupted by rows unlike them, each of which makes the predicted bracket miss:
+    heavy tails, most weights exactly zero (threshold 0, ratio 0), a constant row, a row of huge
+    values (mean score overflows to inf), and steady rows again after each."""
+    w = torch.randn(rows, cols, generator=g)
+    w[10] = w[10] ** 5  # heavy tails: the threshold sits far below ratio x mean
+    w[14, : cols * 3 // 4] = 0.0  # the k-th key is 0
+    w[20] = 0.25  # every key equal
+    w[26] = w[26] * 3e38  # mean score inf (fp32) or inf weights (16-bit)
+    w[31] = w[31].abs() + 5.0  # a narrow distribution: the threshold sits above ratio x mean
+    return w
+
+
+@pytest.mark.parametrize("simd", ["1", "0"], ids=["simd", "portable"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("sparsity", [0.5, 0.3, 0.9])
+def test_predicted_bracket_hits_and_misses(monkeypatch, simd, dtype, sparsity):
+    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", simd)
+    g = torch.Generator().manual_seed(7)
+    w = _rows_that_break_the_prediction(48, 1537, g).to(dtype)
+    scale = make_scale(1537, "cpu", kind="random")
+    run_and_check(w, scale, sparsity=sparsity)  # rows 10-20 follow steady rows whatever the thread count
