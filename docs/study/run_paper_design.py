@@ -11,6 +11,7 @@ demonstrations help other languages more than French text alone?).
     python docs/study/run_paper_design.py run      [--work /tmp/fp_paper] [--models gemma3 smollm2]
     python docs/study/run_paper_design.py analyze  [--work /tmp/fp_paper] [--out docs/study/paper-design]
     python docs/study/run_paper_design.py features [--work /tmp/fp_paper] [--out docs/study/paper-design]
+    python docs/study/run_paper_design.py masks    [--models gemma3] [--langs fr hi]  # mt vs mono masks, entry by entry
 
 `run` goes cell by cell in the priority order of CELLS and is resumable: a cell whose evaluation
 JSONs exist is skipped, and each pruned model is deleted once evaluated (fp32 Gemma is 1.1 GB).
@@ -380,15 +381,24 @@ def features(args) -> None:
             shutil.copyfile(adir / name, out / f"{model}-{name}")
 
 
+def masks(args) -> None:
+    import paper_design_masks  # beside this script
+    import torch
+
+    torch.set_num_threads(args.threads)
+    paper_design_masks.compare(Path(args.work), Path(args.out), args.models, args.langs, 0.5, prune_cell, model_src)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=("run", "analyze", "features"))
+    p.add_argument("stage", choices=("run", "analyze", "features", "masks"))
     p.add_argument("--work", default="/tmp/fp_paper")
     p.add_argument("--models", nargs="+", default=["gemma3", "smollm2"], choices=["gemma3", "smollm2"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the 2 cores are shared)")
     p.add_argument("--out", default=str(Path(__file__).parent / "paper-design"))
+    p.add_argument("--langs", nargs="+", default=["fr", "hi"], help="masks: the calibration languages compared")
     args = p.parse_args()
-    {"run": run, "analyze": analyze, "features": features}[args.stage](args)
+    {"run": run, "analyze": analyze, "features": features, "masks": masks}[args.stage](args)
     return 0
 
 
