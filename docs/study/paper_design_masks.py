@@ -51,36 +51,36 @@ def agreement(a: dict, b: dict) -> dict:
             "by_kind": {k: v[0] / v[1] for k, v in sorted(by_kind.items())}}
 
 
+# name -> the cell that makes it; comparisons as (a, b)
+CELLS = {"mt": {"method": "mt"}, "mono": {"method": "mono"}, "magnitude": {"method": "magnitude"},
+         "mt_seed1": {"method": "mt", "seed": 1}}
+COMPARISONS = [("mt", "mono"), ("mt", "mt_seed1"), ("mt", "magnitude"), ("mono", "magnitude")]
+
+
 def compare(work: Path, out: Path, models: list[str], langs: list[str], sparsity: float, prune_cell,
             model_src) -> dict:
-    """Prune the cells needed (into work/masks-tmp, deleted after), compare, write out/masks.json."""
+    """Prune the cells a missing comparison needs (into work/masks-tmp, deleted after), compare, and
+    write out/masks.json after each language (a rerun adds only what is missing)."""
     tmp = work / "masks-tmp"
     dest = out / "masks.json"
     results = json.loads(dest.read_text()) if dest.exists() else {}
     for model in models:
         src = model_src(model)
-        mag_dir = tmp / f"{model}-magnitude"
         for lang in langs:
             key = f"{model}/{lang}/s{int(round(sparsity * 100))}"
-            if key in results:
-                continue
+            have = results.setdefault(key, {})
+            todo = [(a, b) for a, b in COMPARISONS if f"{a}_vs_{b}" not in have]
             sets = {}
-            for method in ("mt", "mono", "magnitude"):
-                d = mag_dir if method == "magnitude" else tmp / f"{model}-{method}-{lang}"
-                if not d.exists():
-                    prune_cell({"model": model, "method": method, "lang": None if method == "magnitude" else lang,
-                                "sparsity": sparsity}, src, d, work / "data")
-                sets[method] = _masks(d)
-                if method != "magnitude":
-                    shutil.rmtree(d, ignore_errors=True)
-            results[key] = {"mt_vs_mono": agreement(sets["mt"], sets["mono"]),
-                            "mt_vs_magnitude": agreement(sets["mt"], sets["magnitude"]),
-                            "mono_vs_magnitude": agreement(sets["mono"], sets["magnitude"])}
+            for name in sorted({n for pair in todo for n in pair}):
+                cell = {"model": model, "lang": None if name == "magnitude" else lang, "sparsity": sparsity,
+                        **CELLS[name]}
+                d = tmp / f"{model}-{name}-{lang}"
+                prune_cell(cell, src, d, work / "data")
+                sets[name] = _masks(d)
+                shutil.rmtree(d, ignore_errors=True)
+            for a, b in todo:
+                have[f"{a}_vs_{b}"] = agreement(sets[a], sets[b])
             out.mkdir(parents=True, exist_ok=True)
             dest.write_text(json.dumps(results, indent=1))
-            r = results[key]
-            print(f"{key}: mt vs mono {r['mt_vs_mono']['agree']:.4f}, mt vs magnitude "
-                  f"{r['mt_vs_magnitude']['agree']:.4f}, mono vs magnitude {r['mono_vs_magnitude']['agree']:.4f}",
-                  flush=True)
-        shutil.rmtree(mag_dir, ignore_errors=True)
+            print(key + ": " + ", ".join(f"{k} {v['agree']:.4f}" for k, v in have.items()), flush=True)
     return results

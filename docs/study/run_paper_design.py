@@ -106,6 +106,8 @@ def prune_cell(c: dict, src: Path, out: Path, data: Path) -> dict:
         kw.update(preset="paper", calib=calib, data=data)
         if c["method"] == "contrastive":
             kw["contrast"] = "code"
+        if c.get("seed"):  # another draw of demonstrations (the masks stage's control)
+            kw["seed"] = c["seed"]
     for stale in (out, out.with_name(out.name + ".partial")):  # an interrupted earlier run of this cell
         shutil.rmtree(stale, ignore_errors=True)
     t0 = time.perf_counter()
