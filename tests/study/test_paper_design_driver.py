@@ -1,0 +1,73 @@
+"""The paper-design study driver (docs/study/run_paper_design.py): its grid and run order, the
+pre-registered decision rule, the mask comparison and the figure of the paper's question."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+STUDY = Path(__file__).resolve().parents[2] / "docs" / "study"
+sys.path.insert(0, str(STUDY))
+
+import paper_design_masks as masks  # noqa: E402
+import run_paper_design as design  # noqa: E402
+
+
+def test_grid_is_complete_and_the_primary_comparison_runs_first():
+    cells = design.cells(["gemma3"])
+    names = {(design.cell_name(c), c["eval"][0]) for c in cells}
+    for lang in design.LANGS:
+        for sp in (30, 50):
+            for method in design.METHODS:
+                assert (f"{method}-{lang}-s{sp}", lang) in names
+            assert (f"magnitude-s{sp}", lang) in names
+        assert ("dense", lang) in names
+    phases = [design.phase(c) for c in cells]
+    assert phases == sorted(phases)  # mt/mono at 50% (and dense) in every language before anything else
+    first = [c for c in cells if design.phase(c) == 0]
+    assert {c["method"] for c in first} == {"dense", "mt", "mono"} and all(c["sparsity"] in (0.0, 0.5) for c in first)
+    assert cells[-1]["method"] == "contrastive"
+
+
+def test_cross_lingual_cells_skip_generation():
+    mt_fr = next(c for c in design.cells(["gemma3"]) if design.cell_name(c) == "mt-fr-s50")
+    pairs = design.evaluations(mt_fr)
+    assert ("translate", "fr") in pairs
+    assert all(("translate", lang) not in pairs for lang in design.CROSS)
+    assert all(("ppl", lang) in pairs for lang in design.CROSS)
+
+
+@pytest.mark.parametrize("task,diff,winner", [("ppl", -0.1, "mt"), ("ppl", 0.1, "mono"),
+                                               ("translate", 2.0, "mt"), ("translation-choice", -5.0, "mono")])
+def test_decision_rule_reads_the_direction_of_each_metric(task, diff, winner):
+    t = {"task": task, "diff": diff, "a": "mt", "b": "mono", "p_holm": 0.01}
+    assert design.decision(t) == f"{winner} better"
+    assert design.decision({**t, "p_holm": 0.05}) == "no difference detected"
+
+
+def test_mask_agreement_counts_entries_per_matrix_kind():
+    a = {"model.layers.0.mlp.down_proj.weight": torch.tensor([[True, False], [False, True]]),
+         "model.layers.0.self_attn.q_proj.weight": torch.tensor([[True, False]]),
+         "model.layers.1.mlp.down_proj.weight": torch.tensor([[True]])}
+    b = {"model.layers.0.mlp.down_proj.weight": torch.tensor([[True, True], [False, True]]),
+         "model.layers.0.self_attn.q_proj.weight": torch.tensor([[False, True]])}  # layer 1 pruned in a only
+    r = masks.agreement(a, b)
+    assert r["matrices"] == 2 and r["entries"] == 6
+    assert r["agree"] == pytest.approx(3 / 6)
+    assert r["by_kind"] == {"down_proj": pytest.approx(0.75), "q_proj": 0.0}
+
+
+def test_figure_of_the_paper_question(tmp_path):
+    tests = [{"model": "gemma3", "task": task, "a": a, "b": b, "lang": lang, "sparsity": sp, "cross": a == "mt-fr",
+              "diff": 0.5, "ci": [-1.0, 2.0], "p_holm": p}
+             for task in ("translate", "ppl") for (a, b, lang, sp, p) in
+             [("mt", "mono", "fr", 0.5, 0.01), ("mt", "mono", "hi", 0.3, 0.5), ("mt-fr", "mono-fr", "de", 0.5, 0.2),
+              ("mt", "dense", "fr", 0.5, 0.01)]]
+    import paper_design_plots as plots
+
+    plots.plot_paper_question(tests, tmp_path, design.LANGS)
+    png = tmp_path / "gemma3-mt-minus-mono.png"
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
