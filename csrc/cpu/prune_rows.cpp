@@ -293,24 +293,23 @@ FEATPRUNE_AVX2 inline __m256 load8(const void* base, int64_t j) {
   }
 }
 
-// score_key() for 8 columns, then protected columns forced to kProtectedKey.
-FEATPRUNE_AVX2 inline __m256i key8(__m256 w, const float* scale, const uint32_t* prot_or) {
+// |w| * scale for 8 columns (the score, before it becomes a key).
+FEATPRUNE_AVX2 inline __m256 score8(__m256 w, const float* scale) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  const __m256 s = _mm256_mul_ps(_mm256_and_ps(w, abs_mask), _mm256_loadu_ps(scale));
+  return _mm256_mul_ps(_mm256_and_ps(w, abs_mask), _mm256_loadu_ps(scale));
+}
+
+// score_key() of 8 scores, then protected columns forced to kProtectedKey.
+FEATPRUNE_AVX2 inline __m256i key_of8(__m256 s, const uint32_t* prot_or) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   const __m256 nan = _mm256_cmp_ps(s, s, _CMP_UNORD_Q);
   // NaN -> 0x7FFFFFFF; otherwise the bits without the sign of a -0.0.
   const __m256i key = _mm256_castps_si256(_mm256_and_ps(_mm256_or_ps(s, nan), abs_mask));
   return _mm256_or_si256(key, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(prot_or)));
 }
 
-// key8(), also adding the 8 scores to *sum (protected columns included: it only feeds an estimate).
-FEATPRUNE_AVX2 inline __m256i key8_sum(__m256 w, const float* scale, const uint32_t* prot, __m256* sum) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  const __m256 s = _mm256_mul_ps(_mm256_and_ps(w, abs_mask), _mm256_loadu_ps(scale));
-  *sum = _mm256_add_ps(*sum, s);
-  const __m256 nan = _mm256_cmp_ps(s, s, _CMP_UNORD_Q);
-  const __m256i key = _mm256_castps_si256(_mm256_and_ps(_mm256_or_ps(s, nan), abs_mask));
-  return _mm256_or_si256(key, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(prot)));
+FEATPRUNE_AVX2 inline __m256i key8(__m256 w, const float* scale, const uint32_t* prot_or) {
+  return key_of8(score8(w, scale), prot_or);
 }
 
 // Zero the pruned lanes of w[j .. j+8) (kept lanes rewritten with their own bits).
@@ -632,10 +631,12 @@ FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd,
   float mean = std::numeric_limits<float>::quiet_NaN();  // of the row's scores: feeds the predicted bracket
   if (contiguous) {
     __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();  // two chains: the adds stay off the critical path
-    for (; j + 16 <= cols; j += 16) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + j), key8_sum(load8<D>(w, j), scale + j, prot + j, &sum0));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + j + 8),
-                          key8_sum(load8<D>(w, j + 8), scale + j + 8, prot + j + 8, &sum1));
+    for (; j + 16 <= cols; j += 16) {  // the scores also go into the sums (protected ones too: an estimate)
+      const __m256 s0 = score8(load8<D>(w, j), scale + j), s1 = score8(load8<D>(w, j + 8), scale + j + 8);
+      sum0 = _mm256_add_ps(sum0, s0);
+      sum1 = _mm256_add_ps(sum1, s1);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + j), key_of8(s0, prot + j));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(keys + j + 8), key_of8(s1, prot + j + 8));
     }
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, _mm256_add_ps(sum0, sum1));
