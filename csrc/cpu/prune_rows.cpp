@@ -487,36 +487,29 @@ FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int
   uint32_t lo = 0, hi = 0xFFFFFFFFu;
   int64_t before = 0, r = rank;
   size_t n = 0;
-  bool bracketed = false;
-  if (predicted) {  // a narrow bracket from the previous rows; on a miss, the sample's bracket below
+  // One pass over the row compacts the keys in [blo, bhi] into s.a; they are the candidates if the
+  // target rank falls among them.
+  auto try_bracket = [&](uint32_t blo, uint32_t bhi) {
     int64_t below = 0;
-    const size_t m = bracket_pass(keys, size_t(cols), plo, phi, s.a.data(), &below, s.prefetch, s.prefetch_bytes);
-    if (below <= rank && rank < below + int64_t(m)) {
-      bracketed = true;
-      lo = plo;
-      hi = phi;
-      before = below;
-      r = rank - below;
-      n = m;
-    }
-  }
-  const size_t ns = bracketed ? 0 : cd.sample_pos.size();
-  if (ns) {
+    const size_t m = bracket_pass(keys, size_t(cols), blo, bhi, s.a.data(), &below, s.prefetch, s.prefetch_bytes);
+    if (!(below <= rank && rank < below + int64_t(m))) return false;
+    lo = blo;
+    hi = bhi;
+    before = below;
+    r = rank - below;
+    n = m;
+    return true;
+  };
+  // A narrow bracket from the previous rows first; on a miss, the sample's bracket.
+  bool bracketed = predicted && try_bracket(plo, phi);
+  const size_t ns = cd.sample_pos.size();
+  if (!bracketed && ns) {
     uint32_t* smp = s.sample.data();
     for (size_t i = 0; i < ns; ++i) smp[i] = keys[cd.sample_pos[i]];
     const int64_t li = cd.sample_lo, hi_i = cd.sample_hi;
     uint32_t slo, shi;
     order_stats(smp, ns, size_t(std::max<int64_t>(li, 0)), size_t(std::min<int64_t>(hi_i, int64_t(ns) - 1)), &slo, &shi);
-    if (li >= 0) lo = slo;
-    if (hi_i < int64_t(ns)) hi = shi;
-    int64_t below = 0;
-    const size_t m = bracket_pass(keys, size_t(cols), lo, hi, s.a.data(), &below, s.prefetch, s.prefetch_bytes);
-    if (below <= rank && rank < below + int64_t(m)) {
-      bracketed = true;
-      before = below;
-      r = rank - below;
-      n = m;
-    }
+    bracketed = try_bracket(li >= 0 ? slo : 0u, hi_i < int64_t(ns) ? shi : 0xFFFFFFFFu);
   }
   if (!bracketed) {  // no sample, or the k-th key fell outside the bracket
     lo = 0;
@@ -528,8 +521,6 @@ FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int
   }
   uint32_t* src = s.a.data();
   uint32_t* dst = s.b.data();
-  // Every candidate lies in [lo, hi], so all share the bits above the highest bit where lo
-  // and hi differ; each level histograms the next (up to) 8 bits below that.
   // Every candidate lies in [lo, hi]: bucket x by (x - lo) >> shift into at most 256
   // buckets of equal width; one level usually leaves a few keys.
   while (n > kFewCandidates) {
@@ -642,10 +633,14 @@ FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd,
     _mm256_store_ps(lanes, _mm256_add_ps(sum0, sum1));
     float total = 0.0f;
     for (float x : lanes) total += x;
-    for (int64_t t = j; t < cols; ++t) total += std::fabs(load1<D>(w, t)) * scale[t];
+    for (; j < cols; ++j) {
+      const float x = load1<D>(w, j);
+      total += std::fabs(x) * scale[j];
+      keys[j] = score_key(x, scale[j]) | prot[j];
+    }
     mean = total / float(cols);
   }
-  for (; j < cols; ++j) keys[j] = score_key(load1<D>(w, j * cs), scale[j]) | prot[j];
+  for (; j < cols; ++j) keys[j] = score_key(load1<D>(w, j * cs), scale[j]) | prot[j];  // strided rows
 
   uint32_t v, plo = 0, phi = 0;
   int64_t n_less, n_equal;
