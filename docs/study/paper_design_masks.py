@@ -16,18 +16,16 @@ from pathlib import Path
 
 
 def _masks(model_dir: Path) -> dict:
-    """name -> bool mask (entry == 0) of every 2-D weight with at least 10% zeros (the pruned ones)."""
+    """name -> bool mask (entry == 0) of every matrix the run pruned (featprune.json's layers)."""
     from safetensors import safe_open
 
+    report = json.loads((model_dir / "featprune.json").read_text())
+    pruned = {k for layer in report["layers"] for k in layer["matrices"]}
     out = {}
     for path in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(path), "pt") as f:
-            for name in f.keys():
-                t = f.get_tensor(name)
-                if t.ndim == 2 and name.endswith(".weight"):
-                    zero = t == 0
-                    if zero.float().mean() >= 0.1:
-                        out[name] = zero
+            for name in pruned.intersection(f.keys()):
+                out[name] = f.get_tensor(name) == 0
     return out
 
 

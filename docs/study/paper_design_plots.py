@@ -6,16 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from featprune_ext.study.plots import _plt as _pyplot  # Agg backend: files only
+
 UNITS = {"translate": "chrF", "translation-choice": "accuracy %", "ppl": "nats / token"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot(rows: list[dict], out: Path, tasks, langs_order, cross_langs) -> None:
@@ -65,11 +58,11 @@ def _plot_panels(plt, sel, langs, methods, cross, task, path, title) -> None:
     plt.close(fig)
 
 
-def plot_paper_question(tests: list[dict], out: Path, langs_order) -> None:
-    """Per model: mt:X-en minus mono:X with its 95% CI, one row per language and sparsity (and the
-    French models on the other languages), one panel per task; filled where Holm p < 0.05."""
+def plot_paper_question(sel: list[dict], out: Path, langs_order) -> None:
+    """Per model: mt:X-en minus mono:X with its 95% CI (the tests `paper_question` selects), one row
+    per language and sparsity (and the French models on the other languages), one panel per task;
+    filled where Holm p < 0.05."""
     plt = _pyplot()
-    sel = [t for t in tests if t["a"] in ("mt", "mt-fr") and t["b"] in ("mono", "mono-fr")]
     for model in sorted({t["model"] for t in sel}):
         mine = [t for t in sel if t["model"] == model]
         tasks = [task for task in UNITS if any(t["task"] == task for t in mine)]

@@ -290,7 +290,7 @@ def analyze(args) -> None:
     import paper_design_plots as plots  # beside this script
 
     plots.plot(rows, out, TASKS, LANGS, CROSS)
-    plots.plot_paper_question(tests, out, LANGS)
+    plots.plot_paper_question(paper_question(tests), out, LANGS)
     print(f"{len(rows)} cell-language results, {len(tests)} tests, {len(missing)} cells missing -> {out}")
 
 
@@ -300,6 +300,11 @@ def decision(t: dict) -> str:
         return "no difference detected"
     a_better = t["diff"] < 0 if t["task"] == "ppl" else t["diff"] > 0  # ppl: fewer nats per token is better
     return f"{t['a'] if a_better else t['b']} better"
+
+
+def paper_question(tests: list[dict]) -> list[dict]:
+    """The tests of the paper's question: mt:X-en against mono:X, and the French models elsewhere."""
+    return [t for t in tests if t["a"] in ("mt", "mt-fr") and t["b"] in ("mono", "mono-fr")]
 
 
 def tables_md(rows: list[dict], tests: list[dict], missing: list[str]) -> str:
@@ -316,7 +321,7 @@ def tables_md(rows: list[dict], tests: list[dict], missing: list[str]) -> str:
                  f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"] for r in sel]
         parts.append(f"### {task}: {unit[task]}\n\n"
                      + markdown_table(["model", "cell", "lang", "n", "value", "95% CI"], body))
-    paper = [t for t in tests if t["a"] in ("mt", "mt-fr") and t["b"] in ("mono", "mono-fr")]
+    paper = paper_question(tests)
     if paper:
         order = {lang: i for i, lang in enumerate(LANGS)}
         paper.sort(key=lambda t: (t["model"], list(TASKS).index(t["task"]), t.get("cross", False),
