@@ -12,12 +12,13 @@ Medians over --repeats; the load average is printed (this VM's two cores are sha
 
     python bench/bench_engine.py --model gemma3-270m [--nsamples 24] [--shots 8] [--seqlen 512]
         [--batch-size auto] [--dtype float32] [--repeats 3] [--src NAME=PYTHONPATH ...] [--dtypes ...]
-        [--naive] [--no-write]
+        [--env NAME=VAR=VALUE ...] [--naive] [--no-write]
 
 Models: smollm2 and gemma3-270m (the real ones, from featprune_ext.data.zoo) and qwen2-0.5b (a random
 Qwen2-0.5B-shaped model generated once by bench/synth_model.py under ~/.cache/featprune/bench).
 --src adds a featprune arm run from another source tree (e.g. the code before a change), and its masks
-are compared byte for byte with the first arm's. --dtypes adds one featprune arm per compute dtype
+are compared byte for byte with the first arm's; --env adds one run with an environment variable set
+(e.g. nofork=FEATPRUNE_FORK=0). --dtypes adds one featprune arm per compute dtype
 (mask agreement vs the first arm). --naive adds the naive in-memory Wanda (tests/helpers/naive.py).
 Replaces the "Floor: MODEL" subsection of the Engine section of bench/RESULTS.md.
 Calibration texts: k-shot translation demonstrations built from the gettext catalogs under
@@ -193,8 +194,8 @@ def run_cmd(cmd: list[str], env: dict | None = None) -> tuple[float, str, float]
 
 
 def featprune_arm(model: Path, out: Path, common: list[str], batch_size: str, dtype: str | None,
-                  src: str | None) -> dict:
-    env = dict(os.environ)
+                  src: str | None, extra_env: dict | None = None) -> dict:
+    env = {**os.environ, **(extra_env or {})}
     if src:
         env["PYTHONPATH"] = os.pathsep.join([src, str(HELPERS)])
     cmd = [sys.executable, "-m", "featprune_ext", "prune", str(model), "--out", str(out), *common,
@@ -299,6 +300,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", default="", help="extra featprune arms, one per compute dtype (comma-separated)")
     p.add_argument("--src", action="append", default=[], metavar="NAME=DIR",
                    help="extra featprune arm run with PYTHONPATH=DIR (e.g. a copy of the code before a change)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VAR=VALUE",
+                   help="extra featprune arm run with the environment variable VAR=VALUE (e.g. "
+                        "nofork=FEATPRUNE_FORK=0: the calibration built in-process)")
     p.add_argument("--src-batch-size", default=None, help="--batch-size of the --src arms (default: --batch-size)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--naive", action="store_true", help="also run the naive in-memory Wanda")
@@ -322,6 +326,10 @@ def main(argv=None) -> int:
         name, _, src = spec.partition("=")
         arms.append({"name": f"featprune ({name})", "src": str(Path(src).resolve()), "dtype": args.dtype,
                      "batch_size": args.src_batch_size or args.batch_size})
+    for spec in args.env:
+        name, _, assignment = spec.partition("=")
+        var, _, value = assignment.partition("=")
+        arms.append({"name": f"featprune ({name})", "src": None, "dtype": args.dtype, "env": {var: value}})
     for dt in filter(None, args.dtypes.split(",")):
         arms.append({"name": f"featprune --dtype {dt}", "src": None, "dtype": dt})
     results: dict[str, list[dict]] = {a["name"]: [] for a in arms}
@@ -358,7 +366,7 @@ def main(argv=None) -> int:
                     k = arms.index(arm)
                     out = tmp / (f"keep-{k}" if r == 0 else f"run-{k}-{r}")
                     res = featprune_arm(model, out, common, arm.get("batch_size", args.batch_size), arm["dtype"],
-                                        arm["src"])
+                                        arm["src"], arm.get("env"))
                     results[arm["name"]].append(res)
                     if r == 0:
                         digests[arm["name"]] = mask_digest(out) if "error" not in res else None

@@ -1,7 +1,7 @@
 """Times the native kernels against the PyTorch reference and a plain copy, in one run.
 
     python bench/bench_kernels.py [--device cpu|cuda] [--repeats N] [--quick] [--only prune|stats]
-                                  [--no-reference] [--clock wall|thread]
+                                  [--no-reference] [--clock wall|thread] [--cold] [--shape RxC]
 
 prune_rows_ bytes = one read + one write of w; its floor is `dst.copy_(w)` into a
 preallocated tensor of the same dtype and shape. accumulate_stats bytes = one read
@@ -11,6 +11,11 @@ of x; its floor is `torch.amax(x)`. Kernel and floor calls alternate in one loop
 --clock thread times with the calling thread's CPU time (time.thread_time), which a
 busy shared machine does not inflate; it needs one thread for both the kernel and
 torch: run it as `OMP_NUM_THREADS=1 python bench/bench_kernels.py --clock thread`.
+--cold writes a buffer larger than the last-level cache before every timed call, kernel and
+floor alike, so both read their bytes from memory. Without it, a matrix that fits in the cache
+(769x5125 bf16 is 7.9 MB) is timed in whatever state the previous call left: the kernel's w was
+just restored (cached, dirty) while the copy's destination may not be, and the copy floor of that
+shape moved between 0.66 and 0.95 ms from run to run (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -59,6 +64,14 @@ def timed(fn, device: str, repeats: int, setup=None) -> float:
     return statistics.median(samples)
 
 
+COLD = None  # --cold: a buffer larger than the last-level cache, written before every timed call
+
+
+def evict_caches() -> None:
+    if COLD is not None:
+        COLD.add_(1)
+
+
 def timed_pair(fn, floor_fn, device: str, repeats: int, setup=None) -> tuple[float, float]:
     """Medians (ms) of fn() and floor_fn(), calls alternating so both see the same load.
 
@@ -68,7 +81,9 @@ def timed_pair(fn, floor_fn, device: str, repeats: int, setup=None) -> tuple[flo
     for i in range(repeats + 1):
         if setup is not None:
             setup()
+        evict_caches()
         ms_fn = once(fn, device)
+        evict_caches()
         ms_floor = once(floor_fn, device)
         if i:
             a.append(ms_fn)
@@ -114,8 +129,14 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference timings")
     parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
                         help="thread: CPU time of the calling thread (CPU, one thread only)")
+    parser.add_argument("--cold", action="store_true",
+                        help="evict the caches before every timed call (kernel and floor alike)")
+    parser.add_argument("--shape", help="one shape only, ROWSxCOLS (e.g. 769x5125)")
     args = parser.parse_args()
     device = args.device
+    if args.cold:  # 256 MiB: above any CPU's L3 and any GPU's L2 (H200: 60 MB)
+        global COLD
+        COLD = torch.zeros(64 << 20, dtype=torch.int32, device=device)
     info = featprune_ext.build_info()
     if args.clock == "thread":
         if device != "cpu" or info.get("openmp_max_threads", 1) != 1:
@@ -125,8 +146,11 @@ def main() -> None:
         CLOCK = time.thread_time
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"# featprune {info['version']} kernels on {where}; torch {torch.__version__}; "
-          f"openmp={info['openmp']} cuda={info['cuda']}; medians of {args.repeats}; clock={args.clock}")
+          f"openmp={info['openmp']} cuda={info['cuda']}; medians of {args.repeats}; clock={args.clock}; "
+          f"caches {'evicted before each call' if args.cold else 'as left by the previous call'}")
     shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.shape:
+        shapes = [tuple(int(x) for x in args.shape.lower().split("x"))]
     header = "| kernel | shape | dtype | native ms | GB/s | reference ms | speed-up vs ref | floor ms | x floor |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))

@@ -52,11 +52,15 @@ def _layerwise(layerwise, owl_m, owl_lambda, method, sparsity, pattern):
 
 
 def _calibration(model_dir: Path, method, *, calib, calib_texts, contrast, data, nsamples, seqlen, shots, seed):
-    from transformers import AutoConfig, AutoTokenizer
+    """The calibration set, being built: a ForkedCall whose result() is the CalibrationSet.
 
-    from .data.calibration import build_contrast_calibration
-    from .data.calibration_set import CalibrationSet, read_jsonl_texts
+    The settings are checked here; the tokenizer is loaded and the texts tokenized in a forked child
+    (forked.py) while the caller goes on to build the model's skeleton."""
+    from transformers import AutoConfig
+
+    from .data.calibration_set import read_jsonl_texts
     from .engine.families import max_positions
+    from .forked import ForkedCall
 
     if not calib_texts and not calib:
         raise InputError(f"--method {method.name} needs calibration data: --calib SPEC or --calib-texts FILE.jsonl")
@@ -70,16 +74,25 @@ def _calibration(model_dir: Path, method, *, calib, calib_texts, contrast, data,
     seqlen = seqlen or (min(2048, limit) if limit else 2048)
     if limit is not None and seqlen > limit:
         raise InputError(f"--seqlen {seqlen} is above the model's limit of {limit} positions")
+    texts, buckets = read_jsonl_texts(calib_texts) if calib_texts else (None, None)
+    return ForkedCall(lambda: _build_calibration(model_dir, calib, contrast, texts, buckets, calib_texts, data=data,
+                                                 nsamples=nsamples, seqlen=seqlen, shots=shots, seed=seed))
+
+
+def _build_calibration(model_dir, calib, contrast, texts, buckets, calib_texts, **options):
+    from transformers import AutoTokenizer
+
+    from .data.calibration import build_contrast_calibration
+    from .data.calibration_set import CalibrationSet
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load the tokenizer from {model_dir}: {str(exc).splitlines()[0]}") from None
     if calib:
-        return build_contrast_calibration(calib, contrast, tokenizer, data=data, nsamples=nsamples, seqlen=seqlen,
-                                          shots=shots, seed=seed)
-    texts, buckets = read_jsonl_texts(calib_texts)
-    return CalibrationSet.from_texts(texts, tokenizer, nsamples, seqlen, seed, buckets=buckets,
-                                     source=str(calib_texts))
+        return build_contrast_calibration(calib, contrast, tokenizer, **options)
+    return CalibrationSet.from_texts(texts, tokenizer, options["nsamples"], options["seqlen"], options["seed"],
+                                     buckets=buckets, source=str(calib_texts))
 
 
 def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", sparsity: Optional[float] = None,
@@ -170,7 +183,11 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
         calibration = _calibration(model_dir, pruner, calib=calib, calib_texts=calib_texts, contrast=contrast,
                                    data=data, nsamples=settings.nsamples, seqlen=settings.seqlen,
                                    shots=settings.shots, seed=seed)
-    return prune_model(model_dir, out_dir, calibration=calibration, method=pruner, sparsity=sparsity,
-                       pattern=pattern, device=device, batch_size=batch_size, resume=resume, progress=progress,
-                       dist=dist, dtype=dtype, select=select, notes={"preset": settings.record},
-                       layerwise=owl)
+    try:
+        return prune_model(model_dir, out_dir, calibration=calibration, method=pruner, sparsity=sparsity,
+                           pattern=pattern, device=device, batch_size=batch_size, resume=resume, progress=progress,
+                           dist=dist, dtype=dtype, select=select, notes={"preset": settings.record},
+                           layerwise=owl)
+    finally:
+        if calibration is not None:
+            calibration.close()  # a child still tokenizing when prune_model failed early

@@ -81,10 +81,12 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
                 notes: dict | None = None, layerwise=None) -> dict:
     """Prune every linear of every block of the model in `model_dir`; write it to `out_dir`.
 
-    pattern: (n, m) or "n:m" for N:M sparsity instead of `sparsity`. Returns the report also
-    written to out_dir/featprune.json. Raises InputError for bad input (nothing complete-looking
-    is left behind), DiskFullError when the disk fills up (rerun with resume=True), BlockError
-    when a block fails at run time (e.g. out of memory; the finished blocks are kept for resume).
+    calibration: a CalibrationSet, or a forked.ForkedCall building one (resolved once the model's
+    skeleton is built, so the two overlap). pattern: (n, m) or "n:m" for N:M sparsity instead of
+    `sparsity`. Returns the report also written to out_dir/featprune.json. Raises InputError for
+    bad input (nothing complete-looking is left behind), DiskFullError when the disk fills up
+    (rerun with resume=True), BlockError when a block fails at run time (e.g. out of memory; the
+    finished blocks are kept for resume).
     dist: data-parallel calibration under torchrun (see distributed.py); every rank calls this,
     rank 0 alone writes, and the other ranks return {"rank": r} once the output is complete.
     dtype: dtype of the forward passes (default: the checkpoint's storage dtype). Statistics are
@@ -130,6 +132,8 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
 def _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device, batch_size,
                   progress, dist, compute_dtype, t_start, select, notes, layerwise=None) -> dict:
     skel = ModelSkeleton(ckpt, compute_dtype)
+    if hasattr(calibration, "result"):  # being built in a forked child (api.py) while the skeleton was built
+        calibration = calibration.result()
     run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress, dist, select,
                layerwise)
     run.notes = notes or {}
