@@ -1,9 +1,9 @@
-// Standalone timing of the CPU prune_rows kernel (bf16, 50%, no Python, no torch): kernel vs a
+// Standalone timing of the CPU prune_rows kernel (bf16, 50% or PATTERN=N:M, no Python, no torch): kernel vs a
 // memcpy of the same bytes, on random normal weights or on a matrix dumped from a checkpoint.
 // A/B of two versions of csrc/cpu/prune_rows.cpp (e.g. `git show 438bb86:csrc/cpu/prune_rows.cpp > old.cpp`):
 //
 //   g++ -O3 -fopenmp -std=c++17 -DFEATPRUNE_OPENMP=1 -I csrc/include bench/prune_rows_harness.cpp csrc/cpu/prune_rows.cpp -o kh
-//   OMP_NUM_THREADS=2 ./kh ROWS COLS ITERS [MATRIX.bin]
+//   OMP_NUM_THREADS=2 [PATTERN=2:4] ./kh ROWS COLS ITERS [MATRIX.bin]
 //
 // MATRIX.bin: ROWS x COLS bf16, row-major, e.g. from Python:
 //   safe_open(path, "pt").get_tensor(name).to(torch.bfloat16).view(torch.int16).numpy().tofile("m.bin")
@@ -56,6 +56,11 @@ int main(int argc, char** argv) {
   a.weight.col_stride = 1;
   a.col_scale = scale.data();
   a.k = cols / 2;
+  if (const char* nm = std::getenv("PATTERN")) {  // e.g. PATTERN=2:4 for N:M instead of 50%
+    a.n = std::atoi(nm);
+    a.m = std::atoi(std::strchr(nm, ':') + 1);
+    a.k = 0;
+  }
   double kernel_s = 0, copy_s = 0;
   for (int i = 0; i <= iters; ++i) {  // the first round warms up
     std::memcpy(w.data(), original.data(), w.size() * 2);

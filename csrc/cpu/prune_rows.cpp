@@ -15,7 +15,8 @@
 // forces the portable path) the AVX2 path below is used instead; same results:
 // - N:M with m in {1, 2, 4, 8} on contiguous rows: one fused pass per row. Eight
 //   keys at a time; each entry's rank in its group is counted against the m - 1
-//   rotations of the group (lane permutes), so nothing goes through memory.
+//   rotations of the group (in-lane shuffles for m = 2, 4; a cross-lane permute for m = 8), so
+//   nothing goes through memory.
 // - Unstructured: keys computed 8 at a time into a row buffer (with the row's mean
 //   score); a bracket [lo, hi] around the k-th key, predicted from the previous
 //   rows (threshold / mean score is nearly constant across a matrix's rows; a few %
@@ -343,6 +344,21 @@ inline const char* row_ptr(const PruneRowsArgs& a, int64_t row, size_t elem) {
 }
 
 // ---- N:M, contiguous rows, m in {1, 2, 4, 8} ----
+// Rotation r of every group of M lanes. Groups of 2 and 4 lie within a 128-bit half, so an in-lane
+// shuffle does it (cheaper than the cross-lane permute groups of 8 need).
+template <int M>
+FEATPRUNE_AVX2 inline __m256i rotate_groups(__m256i x, int r, __m256i idx) {
+  if constexpr (M == 2) {
+    return _mm256_shuffle_epi32(x, 0xB1);  // lanes (1, 0, 3, 2)
+  } else if constexpr (M == 4) {
+    if (r == 1) return _mm256_shuffle_epi32(x, 0x39);  // lanes (1, 2, 3, 0)
+    if (r == 2) return _mm256_shuffle_epi32(x, 0x4E);  // lanes (2, 3, 0, 1)
+    return _mm256_shuffle_epi32(x, 0x93);              // lanes (3, 0, 1, 2)
+  } else {
+    return _mm256_permutevar8x32_epi32(x, idx);
+  }
+}
+
 template <DType D, int M>
 FEATPRUNE_AVX2 void n_m_row(const PruneRowsArgs& a, const CallData& cd, int64_t row, uint8_t* flags) {
   constexpr size_t elem = D == DType::kFloat32 ? 4 : 2;
@@ -372,7 +388,7 @@ FEATPRUNE_AVX2 void n_m_row(const PruneRowsArgs& a, const CallData& cd, int64_t 
     const __m256i ks = _mm256_xor_si256(key, bias);  // unsigned order as signed
     __m256i rank = _mm256_setzero_si256();
     for (int r = 1; r < M; ++r) {
-      const __m256i o = _mm256_permutevar8x32_epi32(ks, idx[r]);
+      const __m256i o = rotate_groups<M>(ks, r, idx[r]);
       const __m256i before = _mm256_or_si256(_mm256_cmpgt_epi32(ks, o), _mm256_and_si256(wrap[r], _mm256_cmpeq_epi32(ks, o)));
       rank = _mm256_sub_epi32(rank, before);
     }

@@ -80,6 +80,13 @@ MUTANTS = [
            [("    hi = bhi;\n    before = below;", "    hi = bhi;\n    before = below + 1;  // MUTANT")],
            ["tests/native/test_prune_rows.py::test_predicted_bracket_hits_and_misses[0.5-fp32-simd]"],
            native=True),
+    Mutant("nm-rotation-swapped", "the AVX2 N:M path rotates groups of 4 the wrong way (ties break toward "
+           "the wrong column)",
+           "csrc/cpu/prune_rows.cpp",
+           [("(x, 0x39);  // lanes (1, 2, 3, 0)", "(x, 0x93);  // MUTANT"),
+            ("(x, 0x93);              // lanes (3, 0, 1, 2)", "(x, 0x39);  // MUTANT")],
+           ["tests/native/test_prune_rows.py::test_n_m_matches_reference[quantized-2-4-fp32-cpu]"],
+           native=True),
     Mutant("outputs-not-propagated", "block i+1 sees block i's dense (unpruned) outputs",
            "engine/run.py",
            [("entries, matrices = prune_block_matrices(self, i, linears, stats, originals, sparsity)",
