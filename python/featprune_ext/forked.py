@@ -6,8 +6,8 @@ the other. prune() therefore loads the tokenizer and tokenizes the calibration s
 the parent imports the model class and builds the model's skeleton, on the other core. The child
 returns its result (or its exception, and the warnings it raised) through a pipe, pickled.
 
-Forking is skipped (the function runs in the caller) where it is not safe or not wanted: no
-os.fork, other Python threads alive (a lock they hold would stay held in the child), or
+Forking is skipped (the function runs in the caller) where it is not safe or not wanted: not
+Linux, other Python threads alive (a lock they hold would stay held in the child), or
 FEATPRUNE_FORK=0.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import sys
 import threading
 import traceback
 import warnings
@@ -27,7 +28,9 @@ FORK_ENV = "FEATPRUNE_FORK"
 
 
 def fork_allowed() -> bool:
-    return hasattr(os, "fork") and os.environ.get(FORK_ENV, "1") != "0" and threading.active_count() == 1
+    # Linux only: on macOS, system frameworks loaded by torch are not safe to use after fork
+    return (sys.platform.startswith("linux") and os.environ.get(FORK_ENV, "1") != "0"
+            and threading.active_count() == 1)
 
 
 def _portable(exc: BaseException) -> BaseException:
