@@ -37,8 +37,7 @@ test-fast: install
 
 # Plant known bugs one at a time (padding counted, no square root, buckets swapped, every rank on every
 # batch, a reversed kernel tie rule, a miscounted selection bracket, a wrong N:M group rotation, unpruned
-# outputs fed forward) and
-# check the tests catch each one.
+# outputs fed forward) and check the tests catch each one.
 mutations: install
 	$(PY) tests/mutations/run_mutations.py
 
