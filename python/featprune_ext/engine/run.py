@@ -200,6 +200,9 @@ class _Run:
         if dist.enabled:  # a resumed run must split the batches the same way
             self.fingerprint += f"-world{dist.world_size}"
         self.layerwise, self.layerwise_info = layerwise, None  # OWL: settings; ratios and per-block targets
+        # the statistics pass stops each batch at its block's last linear input (stats.py);
+        # FEATPRUNE_STATS_EARLY_STOP=0 runs every batch to the block's end (for A/B measurements)
+        self.call_orders = None if os.environ.get("FEATPRUNE_STATS_EARLY_STOP") == "0" else {}
         if layerwise is not None:
             self.fingerprint += f"-{layerwise.fingerprint()}"
         self.prog_path = part / PROGRESS_NAME
@@ -404,7 +407,7 @@ class _Run:
         elif method.needs_calibration:
             with self.timer.phase("stats_s", sync=True):
                 stats = collect_stats(block, linears, calls[i], hidden, batches, self.calibration.bucket_names,
-                                      device)
+                                      device, call_orders=self.call_orders)
                 self.dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
                                       [st.absmax for st in stats.values()])
                 # NaN or inf in a linear's inputs: name the block and the linear, and the likely cause
