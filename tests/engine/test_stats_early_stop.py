@@ -1,5 +1,6 @@
-"""The statistics pass stops each batch once the block's last linear has its input (engine/stats.py):
-the statistics must be exactly those of batches run to the end, whatever the block does."""
+"""The statistics passes stop each batch once the block's last linear has its input
+(engine/call_order.py): the statistics must be exactly those of batches run to the end, whatever
+the block does."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from featprune_ext.engine.batches import Batch
+from featprune_ext.engine.call_order import CallOrder, InputsSeen
 from featprune_ext.engine.stats import collect_stats
 
 from .test_engine import calibration, load_dir
@@ -87,18 +89,34 @@ def test_a_block_calling_a_linear_twice_is_never_stopped():
     assert_same_stats(got, run_stats(Chain(twice), None))
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3", "qwen2_moe"])
-def test_engine_masks_identical_with_and_without_early_stop(tiny_model, tmp_path, monkeypatch, family):
+@pytest.mark.parametrize("family,method", [("llama", "wanda"), ("gemma3", "wanda"), ("qwen2_moe", "wanda"),
+                                           ("gpt_neox", "sparsegpt"), ("qwen2", "sparsegpt")])
+def test_engine_output_identical_with_and_without_early_stop(tiny_model, tmp_path, monkeypatch, family, method):
     from featprune_ext.engine import prune_model
-    from featprune_ext.methods import Wanda
+    from featprune_ext.methods import get_method
 
     src = tiny_model(family)
-    outs = {}
+    stops = []
+    saw = CallOrder.saw
+
+    def counting_saw(self, name, routed):
+        try:
+            saw(self, name, routed)
+        except InputsSeen:
+            stops.append(name)
+            raise
+
+    monkeypatch.setattr(CallOrder, "saw", counting_saw)
+    outs, stopped = {}, {}
     for arm in ("1", "0"):
         monkeypatch.setenv("FEATPRUNE_STATS_EARLY_STOP", arm)
         outs[arm] = tmp_path / f"out{arm}"
-        prune_model(src, outs[arm], calibration=calibration(src), method=Wanda(), sparsity=0.5, batch_size=3,
+        stops.clear()
+        prune_model(src, outs[arm], calibration=calibration(src), method=get_method(method), sparsity=0.5, batch_size=3,
                     progress=False)
+        stopped[arm] = len(stops)
+    assert stopped["0"] == 0
+    assert (stopped["1"] == 0) == (family == "qwen2_moe")  # MoE blocks always run whole
     on, off = load_dir(outs["1"]), load_dir(outs["0"])
     assert on.keys() == off.keys()
     for k in on:

@@ -6,7 +6,8 @@ share one sum, computed once per batch. Sharing is detected at run time, whateve
 on the first batch, a linear whose input is the very tensor (or an identical view of it) an
 earlier linear received in the same batch joins that linear's group. Tensors are remembered by
 weak reference, so a freed input whose memory is reused cannot be mistaken for a shared one.
-Later batches check that the grouping still holds.
+Later batches check that the grouping still holds. Each batch stops at the block's last linear
+input (call_order.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from .. import ops
 from ..methods import HessianStats
+from .call_order import CallOrder, InputsSeen
 from .stats import non_finite_error
 
 __all__ = ["check_finite_hessians", "collect_hessians"]
@@ -32,18 +34,24 @@ def _same_tensor(ref: weakref.ref, x: torch.Tensor) -> bool:
 
 
 def collect_hessians(block, linears, calls, hidden, batches, bucket_names, base_buckets, device,
-                     dist=None) -> dict[str, HessianStats]:
+                     dist=None, call_orders: dict | None = None) -> dict[str, HessianStats]:
     """{linear name: its group's HessianStats} over the batches of `base_buckets` (None: all),
-    summed over this rank's batches and all-reduced across ranks when `dist` is given."""
+    summed over this rank's batches and all-reduced across ranks when `dist` is given.
+    `call_orders`: call_order.call_orders_for_run()'s dict, or None: every batch runs whole."""
     use = None if not base_buckets else {bucket_names.index(b) for b in base_buckets}
     group_of: dict[str, HessianStats] = {}
     groups: list[HessianStats] = []
     current: dict[str, Any] = {"batch": -1, "seen": []}  # seen: (weakref to an input, its group) this batch
+    order = CallOrder(call_orders, block, [pl.name for pl in linears])
 
     def hook_for(pl):
         name = pl.name
 
         def hook(module, args, kwargs):
+            add(module, args, kwargs)
+            order.saw(name, getattr(module, "token_index", None) is not None)
+
+        def add(module, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
             match = next((g for ref, g in current["seen"] if _same_tensor(ref, x)), None)
             batch = current["batch"]
@@ -84,7 +92,12 @@ def collect_hessians(block, linears, calls, hidden, batches, bucket_names, base_
         for b, (call, h, batch) in enumerate(zip(calls, hidden, batches)):
             skip = use is not None and batch.bucket not in use
             current.update(batch=b, seen=[], mask=batch.mask.to(device), skip=skip)
-            call.run(block, h)
+            order.start_batch()
+            try:
+                call.run(block, h)
+                order.end_batch()
+            except InputsSeen:
+                pass
             current["seen"] = []
     finally:
         for handle in handles:

@@ -61,6 +61,7 @@ from .resume import (
 )
 from .select import Selection
 from .skeleton import ModelSkeleton
+from .call_order import call_orders_for_run
 from .stats import check_finite_stats, collect_stats
 from .timing import PhaseTimer
 
@@ -200,9 +201,7 @@ class _Run:
         if dist.enabled:  # a resumed run must split the batches the same way
             self.fingerprint += f"-world{dist.world_size}"
         self.layerwise, self.layerwise_info = layerwise, None  # OWL: settings; ratios and per-block targets
-        # the statistics pass stops each batch at its block's last linear input (stats.py);
-        # FEATPRUNE_STATS_EARLY_STOP=0 runs every batch to the block's end (for A/B measurements)
-        self.call_orders = None if os.environ.get("FEATPRUNE_STATS_EARLY_STOP") == "0" else {}
+        self.call_orders = call_orders_for_run()  # statistics passes stop at a block's last linear input
         if layerwise is not None:
             self.fingerprint += f"-{layerwise.fingerprint()}"
         self.prog_path = part / PROGRESS_NAME
@@ -402,7 +401,7 @@ class _Run:
         if method.needs_calibration and method.statistics == "hessian":  # SparseGPT
             with self.timer.phase("stats_s", sync=True):
                 stats = collect_hessians(block, linears, calls[i], hidden, batches, self.calibration.bucket_names,
-                                         method.base_buckets, device, self.dist)
+                                         method.base_buckets, device, self.dist, call_orders=self.call_orders)
                 check_finite_hessians(skel.block_prefix[i], i, stats, skel.dtype)
         elif method.needs_calibration:
             with self.timer.phase("stats_s", sync=True):

@@ -1,13 +1,6 @@
 """The statistics pass: run a block over every calibration batch with hooks that stream each
-prunable linear's input into ops.accumulate_stats (padding masked out).
-
-The pass needs the linears' inputs, not the block's output (the pruned pass computes that). So once
-the last linear of a dense block has received its input, the rest of the block (that linear's own
-GEMM, e.g. the MLP's down projection, the norms and residual after it) is skipped by raising
-_InputsSeen from its hook. The call order is learnt on a batch that ran to the end, and a batch
-stops early only when its calls so far repeat that order exactly, so no linear can miss an input.
-Blocks whose order depends on the data (MoE experts) and passes that keep the outputs (OWL) run whole.
-"""
+prunable linear's input into ops.accumulate_stats (padding masked out). Each batch stops at the
+block's last linear input (call_order.py), except in passes that keep the block's outputs (OWL)."""
 
 from __future__ import annotations
 
@@ -18,28 +11,19 @@ import torch
 from .. import ops
 from ..errors import NonFiniteError
 from ..methods import LinearStats
+from .call_order import CallOrder, InputsSeen
 
 __all__ = ["check_finite_stats", "collect_stats", "non_finite_error"]
-
-
-class _InputsSeen(Exception):
-    """Raised from the last linear's hook: every statistic of this batch is in."""
-
-
-def _order_key(block, linears) -> tuple:
-    """Blocks of one class with the same linears call them in the same order (learnt once per run)."""
-    return (type(block).__qualname__, tuple(pl.name for pl in linears))
 
 
 def collect_stats(block, linears, calls, hidden, batches, bucket_names, device,
                   outputs: list | None = None, call_orders: dict | None = None) -> dict[str, LinearStats]:
     """Run the block over every batch with hooks streaming each linear's input into its stats
     (and append the block's output per batch to `outputs` when given: OWL's dense pass).
-    `call_orders` (shared across blocks) holds the learnt call orders; None: every batch runs whole."""
+    `call_orders`: call_order.call_orders_for_run()'s dict, or None: every batch runs whole."""
     stats = {pl.name: LinearStats.zeros(pl.in_features, list(bucket_names), device) for pl in linears}
     current: dict[str, Any] = {}
-    key = _order_key(block, linears)
-    early_stop = call_orders is not None and outputs is None
+    order = CallOrder(call_orders if outputs is None else None, block, [pl.name for pl in linears])
 
     def hook_for(name):
         st = stats[name]
@@ -76,29 +60,21 @@ def collect_stats(block, linears, calls, hidden, batches, bucket_names, device,
             st.sumsq[b] += sums[0].double()
             st.count[b] += counted[0]
             torch.maximum(st.absmax[b], maxima[0], out=st.absmax[b])
-            seen = current["seen"]
-            seen.append(name)
-            current["routed"] |= routed is not None
-            order = current["order"]
-            if order is not None and len(seen) == len(order) and seen == order:
-                raise _InputsSeen
+            order.saw(name, routed is not None)
 
         return hook
 
     handles = [pl.module.register_forward_pre_hook(hook_for(pl.name), with_kwargs=True) for pl in linears]
     try:
         for call, h, batch in zip(calls, hidden, batches):
-            current.update(mask=batch.mask.to(device), bucket=batch.bucket, last=None, seen=[], routed=False,
-                           order=call_orders.get(key) if early_stop else None)
+            current.update(mask=batch.mask.to(device), bucket=batch.bucket, last=None)
+            order.start_batch()
             try:
                 out = call.run(block, h)
-            except _InputsSeen:
+                order.end_batch()
+            except InputsSeen:
                 out = None
             current["last"] = None
-            seen = current["seen"]
-            if early_stop and key not in call_orders and not current["routed"] \
-                    and sorted(seen) == sorted(pl.name for pl in linears):  # each linear exactly once
-                call_orders[key] = list(seen)
             if outputs is not None:
                 outputs.append(out)
     finally:
