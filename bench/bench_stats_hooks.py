@@ -1,6 +1,7 @@
 """The statistics pass against a plain pass of the same block, in one process, nothing else running:
 what the hooks (ops.accumulate_stats on every prunable linear's input) cost by themselves, without
-the engine's background reader and writer threads.
+the engine's background reader and writer threads; and the statistics pass as the engine runs it,
+each batch stopped once the block's last linear has its input (engine/call_order.py).
 
     python bench/bench_stats_hooks.py --model gemma3-270m --nsamples 16 --blocks 0 8 --repeats 3
 """
@@ -53,7 +54,9 @@ def main() -> int:
     batches = make_batches(calib, args.batch_size, pad_id_for(model.config, model.config.get_text_config().vocab_size))
     cpu = torch.device("cpu")
     print(f"{args.model}: {calib.num_tokens} tokens in {len(batches)} batches; seconds per pass of one block")
-    print("| block | repeat | plain pass | stats pass | stats / plain |\n|---:|---:|---:|---:|---:|")
+    print("| block | repeat | plain pass | stats pass, whole | stats pass, stopped at the last linear "
+          "| whole / plain | stopped / plain |\n|---:|---:|---:|---:|---:|---:|---:|")
+    orders = {}  # learnt on the first stopped pass's first batch, as in the engine
     with torch.no_grad():
         calls, hidden = capture_block_calls(model, blocks, batches, cpu)
         for i in args.blocks:
@@ -62,11 +65,16 @@ def main() -> int:
                 for c, h in zip(calls[i], hidden):
                     c.run(blocks[i], h)
                 plain = time.perf_counter() - t
-                t = time.perf_counter()
                 linears = prunable_linears(blocks[i])
+                t = time.perf_counter()
                 collect_stats(blocks[i], linears, calls[i], hidden, batches, calib.bucket_names, cpu)
-                stats = time.perf_counter() - t
-                print(f"| {i} | {rep} | {plain:.3f} | {stats:.3f} | {stats / plain:.2f} |", flush=True)
+                whole = time.perf_counter() - t
+                t = time.perf_counter()
+                collect_stats(blocks[i], linears, calls[i], hidden, batches, calib.bucket_names, cpu,
+                              call_orders=orders)
+                stopped = time.perf_counter() - t
+                print(f"| {i} | {rep} | {plain:.3f} | {whole:.3f} | {stopped:.3f} | {whole / plain:.2f} "
+                      f"| {stopped / plain:.2f} |", flush=True)
     return 0
 
 

@@ -15,6 +15,9 @@ demonstrations help other languages more than French text alone?).
 
 `run` goes cell by cell in the priority order of CELLS and is resumable: a cell whose evaluation
 JSONs exist is skipped, and each pruned model is deleted once evaluated (fp32 Gemma is 1.1 GB).
+Several workers can share the grid: each claims a cell (eval/MODEL/CELL.claim, holding its pid)
+before running it and skips cells claimed by a live process; `--reverse` walks the grid from the end
+(for a second worker started beside one that predates claims).
 `analyze` applies the pre-registered tests to whatever cells exist and says which are missing.
 `features` runs `featprune analyze` (the paper's Figures 1-3: feature magnitudes and top/bottom
 overlaps, 20 samples per condition) and compares mt with mono magnitudes against what the token
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -116,6 +120,25 @@ def prune_cell(c: dict, src: Path, out: Path, data: Path) -> dict:
             "calibration_tokens": (report.get("calibration") or {}).get("tokens")}
 
 
+def claim(path: Path) -> bool:
+    """Take the cell whose claim file is `path` for this process: False when a live process holds it.
+    A claim left by a dead process (an interrupted worker) is taken over."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(path.read_text() or "0"), 0)
+            return False  # a live worker holds it
+        except (ProcessLookupError, ValueError):
+            path.unlink(missing_ok=True)  # stale: retake (another worker may win the race)
+            return claim(path)
+        except FileNotFoundError:
+            return claim(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
 def run(args) -> None:
     import torch
 
@@ -124,13 +147,17 @@ def run(args) -> None:
 
     torch.set_num_threads(args.threads)
     work, data = Path(args.work), Path(args.work) / "data"
-    for c in cells(args.models):
+    grid = cells(args.models)
+    for c in reversed(grid) if args.reverse else grid:
         name = cell_name(c)
         edir = work / "eval" / c["model"]
         done = [edir / f"{name}.{task}.{lang}.json" for task, lang in evaluations(c)]
         if all(p.exists() for p in done):
             continue
         edir.mkdir(parents=True, exist_ok=True)
+        held = edir / f"{name}.claim"
+        if not claim(held):
+            continue
         print(f"[{time.strftime('%H:%M:%S')}] {c['model']} {name}: eval on {','.join(c['eval'])}", flush=True)
         src = model_src(c["model"])
         info = {}
@@ -154,6 +181,7 @@ def run(args) -> None:
         del scorer
         if c["method"] != "dense":
             shutil.rmtree(path, ignore_errors=True)
+        held.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -404,6 +432,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the 2 cores are shared)")
     p.add_argument("--out", default=str(Path(__file__).parent / "paper-design"))
     p.add_argument("--langs", nargs="+", default=["fr", "hi"], help="masks: the calibration languages compared")
+    p.add_argument("--reverse", action="store_true", help="run: walk the grid from its last cell")
     args = p.parse_args()
     {"run": run, "analyze": analyze, "features": features, "masks": masks}[args.stage](args)
     return 0

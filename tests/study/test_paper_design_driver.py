@@ -3,6 +3,7 @@ pre-registered decision rule, the mask comparison and the figure of the paper's 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,17 @@ def test_grid_is_complete_and_the_primary_comparison_runs_first():
     first = [c for c in cells if design.phase(c) == 0]
     assert {c["method"] for c in first} == {"dense", "mt", "mono"} and all(c["sparsity"] in (0.0, 0.5) for c in first)
     assert cells[-1]["method"] == "contrastive"
+
+
+def test_a_cell_is_claimed_by_one_live_worker(tmp_path):
+    import subprocess
+
+    held = tmp_path / "mt-fr-s50.claim"
+    assert design.claim(held) and held.read_text() == str(os.getpid())
+    assert not design.claim(held)  # held by a live process (this one)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held.write_text(dead.stdout.strip())  # left by a worker that died
+    assert design.claim(held) and held.read_text() == str(os.getpid())
 
 
 def test_cross_lingual_cells_skip_generation():
