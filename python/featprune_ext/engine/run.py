@@ -42,6 +42,7 @@ from .batches import (
     validate_pattern,
 )
 from .block_matrices import prune_block_matrices
+from .call_order import call_orders_for_run
 from .capture import capture_block_calls
 from .checkpoint import Checkpoint, RawTensor, write_safetensors
 from .distributed import DistContext
@@ -61,7 +62,6 @@ from .resume import (
 )
 from .select import Selection
 from .skeleton import ModelSkeleton
-from .call_order import call_orders_for_run
 from .stats import check_finite_stats, collect_stats
 from .timing import PhaseTimer
 
