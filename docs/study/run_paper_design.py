@@ -10,6 +10,8 @@ demonstrations help other languages more than French text alone?).
     featprune data gettext --langs fr,de,es,ru,zh_CN,ja,hi --extra-deb --out /tmp/fp_paper/data
     python docs/study/run_paper_design.py run      [--work /tmp/fp_paper] [--models gemma3 smollm2]
     python docs/study/run_paper_design.py analyze  [--work /tmp/fp_paper] [--out docs/study/paper-design]
+        (also writes OUT/eval-items.tar.xz, every per-item result it read; to rerun the analysis
+        from the repository: tar -xJf docs/study/paper-design/eval-items.tar.xz -C W, then --work W)
     python docs/study/run_paper_design.py features [--work /tmp/fp_paper] [--out docs/study/paper-design]
     python docs/study/run_paper_design.py masks    [--models gemma3] [--langs fr hi]  # mt vs mono masks, entry by entry
 
@@ -315,11 +317,32 @@ def analyze(args) -> None:
                "missing_cells": missing, "cells": rows, "tests": tests}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "tables.md").write_text(tables_md(rows, tests, missing))
+    archive_items(work, out / ITEMS_ARCHIVE)
+
     import paper_design_plots as plots  # beside this script
 
     plots.plot(rows, out, TASKS, LANGS, CROSS)
     plots.plot_paper_question(paper_question(tests), out, LANGS)
     print(f"{len(rows)} cell-language results, {len(tests)} tests, {len(missing)} cells missing -> {out}")
+
+
+ITEMS_ARCHIVE = "eval-items.tar.xz"
+
+
+def archive_items(work: Path, dest: Path) -> None:
+    """Every per-item evaluation JSON the analysis read, in one archive beside its tables, so the
+    analysis can be rerun from the repository (`tar -xJf ITEMS_ARCHIVE -C WORK`, then
+    `analyze --work WORK`) and the hours of evaluation survive the work directory."""
+    import tarfile
+
+    tmp = dest.with_name(dest.name + ".tmp")
+    with tarfile.open(tmp, "w:xz") as tar:
+        for p in sorted((work / "eval").glob("*/*.json")):
+            info = tar.gettarinfo(p, arcname=str(p.relative_to(work)))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""  # same files, same bytes
+            with p.open("rb") as f:
+                tar.addfile(info, f)
+    tmp.replace(dest)
 
 
 def decision(t: dict) -> str:

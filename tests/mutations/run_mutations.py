@@ -95,6 +95,12 @@ MUTANTS = [
             ("hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1",
              "hidden = self._dense  # MUTANT: the unpruned outputs feed block i+1")],
            [ENGINE_EQUIV]),
+    Mutant("early-stop-unchecked", "the statistics pass stops at the learnt last linear without checking that "
+           "every other linear was called first in this batch",
+           "engine/call_order.py",
+           [("if self.order is not None and len(self.seen) == len(self.order) and self.seen == self.order:",
+             "if self.order is not None and name == self.order[-1]:  # MUTANT")],
+           ["tests/engine/test_stats_early_stop.py::test_a_batch_that_calls_the_last_linear_early_runs_whole"]),
     # --slow: the same class of bug seen by the real 2-rank gloo run (tests/helpers/dist_probe.py)
     Mutant("absmax-summed", "absmax is all-reduced with SUM instead of MAX",
            "engine/distributed.py",

@@ -84,3 +84,23 @@ def test_figure_of_the_paper_question(tmp_path):
     plots.plot_paper_question(design.paper_question(tests), tmp_path, design.LANGS)
     png = tmp_path / "gemma3-mt-minus-mono.png"
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_items_archive_reruns_the_analysis_input(tmp_path):
+    import json
+    import tarfile
+
+    work = tmp_path / "work"
+    (work / "eval" / "gemma3").mkdir(parents=True)
+    for lang in ("fr", "hi"):
+        (work / "eval" / "gemma3" / f"mt-fr-s50.ppl.{lang}.json").write_text(
+            json.dumps({"languages": {lang: {"items": [{"nll": 1.0, "tokens": 3}]}}}))
+    dest = tmp_path / "eval-items.tar.xz"
+    design.archive_items(work, dest)
+    first = dest.read_bytes()
+    design.archive_items(work, dest)
+    assert dest.read_bytes() == first  # the same results give the same bytes (no timestamps)
+    again = tmp_path / "again"
+    with tarfile.open(dest) as tar:
+        tar.extractall(again, filter="data")
+    assert design.load(again) == design.load(work)
