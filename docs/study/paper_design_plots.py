@@ -15,7 +15,9 @@ def plot(rows: list[dict], out: Path, tasks, langs_order, cross_langs) -> None:
     """Primary metric vs sparsity, per task and language, one line per method, 95% CIs as bars; and
     the same for the fr-calibrated models on the other languages (cross-lingual)."""
     plt = _pyplot()
-    own = [("mt", "o-"), ("mono", "s--"), ("contrastive", "^-."), ("magnitude", "x:")]
+    # one colour per method in every panel (matplotlib's cycle would recolour a method wherever
+    # another one is missing, and the legend is drawn in the first panel only)
+    own = [("mt", "o-", "C0"), ("mono", "s--", "C1"), ("contrastive", "^-.", "C2"), ("magnitude", "x:", "C3")]
     for model in sorted({r["model"] for r in rows}):
         for task in tasks:
             for cross in (False, True):
@@ -37,7 +39,7 @@ def _plot_panels(plt, sel, langs, methods, cross, task, path, title) -> None:
     fig, axes = plt.subplots(1, len(langs), figsize=(3.2 * len(langs), 3.2), squeeze=False)
     for ax, lang in zip(axes[0], langs):
         dense = [r for r in sel if r["lang"] == lang and r["method"] == "dense"]
-        for method, style in methods:
+        for method, style, color in methods:
             pts = [r for r in sel if r["lang"] == lang and r["method"] == method
                    and r["calib_lang"] in (("fr",) if cross else (lang, None))]
             pts = sorted(dense + pts, key=lambda r: r["sparsity"])
@@ -46,12 +48,17 @@ def _plot_panels(plt, sel, langs, methods, cross, task, path, title) -> None:
             xs = [r["sparsity"] for r in pts]
             ys = [r["value"] for r in pts]
             err = [[y - r["ci"][0] for y, r in zip(ys, pts)], [r["ci"][1] - y for y, r in zip(ys, pts)]]
-            ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=2, label=f"{method}{':fr' if cross else ''}")
+            ax.errorbar(xs, ys, yerr=err, fmt=style, color=color, capsize=2,
+                        label=f"{method}{':fr' if cross else ''}")
         ax.set_title(lang)
         ax.set_xlabel("sparsity")
     axes[0][0].set_ylabel(UNITS[task])
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=7)
+    handles = {}  # every method drawn in any panel, so a method missing from the first is still named
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        axes[0][0].legend(handles.values(), handles.keys(), fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

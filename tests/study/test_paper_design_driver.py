@@ -104,3 +104,31 @@ def test_items_archive_reruns_the_analysis_input(tmp_path):
     with tarfile.open(dest) as tar:
         tar.extractall(again, filter="data")
     assert design.load(again) == design.load(work)
+
+
+def test_a_method_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):
+    """The legend is drawn in the first panel only: magnitude must not take contrastive's colour in a
+    language where contrastive is missing (matplotlib's colour cycle would shift it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import paper_design_plots as plots
+
+    def row(method, lang, sp, calib=True):
+        return {"model": "gemma3", "task": "ppl", "method": method, "lang": lang, "sparsity": sp,
+                "calib_lang": lang if calib and method not in ("dense", "magnitude") else None,
+                "value": 5.0 + sp, "ci": [4.5, 6.5]}
+
+    rows = [row("dense", lang, 0.0) for lang in ("fr", "ru")]
+    rows += [row(m, "fr", sp) for m in ("mt", "mono", "contrastive", "magnitude") for sp in (0.3, 0.5)]
+    rows += [row(m, "ru", sp) for m in ("mt", "mono", "magnitude") for sp in (0.3, 0.5)]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plots.plot(rows, tmp_path, ["ppl"], ["fr", "ru"], [])
+    (fig,) = figures
+    colours = [{label: h.lines[0].get_color() for h, label in zip(*ax.get_legend_handles_labels())}
+               for ax in fig.axes]
+    assert set(colours[1]) == {"mt", "mono", "magnitude"}
+    for method, colour in colours[1].items():
+        assert colour == colours[0][method], method
