@@ -131,6 +131,8 @@ def claim(path: Path) -> bool:
         try:
             os.kill(int(path.read_text() or "0"), 0)
             return False  # a live worker holds it
+        except PermissionError:
+            return False  # alive, another user's process
         except (ProcessLookupError, ValueError):
             path.unlink(missing_ok=True)  # stale: retake (another worker may win the race)
             return claim(path)
