@@ -17,9 +17,10 @@ demonstrations help other languages more than French text alone?).
 
 `run` goes cell by cell in the priority order of CELLS and is resumable: a cell whose evaluation
 JSONs exist is skipped, and each pruned model is deleted once evaluated (fp32 Gemma is 1.1 GB).
-Several workers can share the grid: each claims a cell (eval/MODEL/CELL.claim, holding its pid)
-before running it and skips cells claimed by a live process; `--reverse` walks the grid from the end
-(for a second worker started beside one that predates claims).
+Several workers can share the grid: each locks a cell (eval/MODEL/CELL.lock, featprune's RunLock:
+an flock the kernel releases when the worker dies) before running it and skips cells another worker
+holds; `--reverse` walks the grid from the end (for a second worker started beside one that
+predates the locks).
 `analyze` applies the pre-registered tests to whatever cells exist and says which are missing.
 `features` runs `featprune analyze` (the paper's Figures 1-3: feature magnitudes and top/bottom
 overlaps, 20 samples per condition) and compares mt with mono magnitudes against what the token
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -122,25 +122,18 @@ def prune_cell(c: dict, src: Path, out: Path, data: Path) -> dict:
             "calibration_tokens": (report.get("calibration") or {}).get("tokens")}
 
 
-def claim(path: Path) -> bool:
-    """Take the cell whose claim file is `path` for this process: False when a live process holds it.
-    A claim left by a dead process (an interrupted worker) is taken over."""
+def claim(cell: Path):
+    """The lock of the cell whose path (without suffix) is `cell`, held by this worker until it
+    releases it or dies; None when another worker holds it."""
+    from featprune_ext.engine.lock import RunLock
+    from featprune_ext.errors import InputError
+
+    lock = RunLock(cell)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            os.kill(int(path.read_text() or "0"), 0)
-            return False  # a live worker holds it
-        except PermissionError:
-            return False  # alive, another user's process
-        except (ProcessLookupError, ValueError):
-            path.unlink(missing_ok=True)  # stale: retake (another worker may win the race)
-            return claim(path)
-        except FileNotFoundError:
-            return claim(path)
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    return True
+        lock.acquire()
+    except InputError:
+        return None
+    return lock
 
 
 def run(args) -> None:
@@ -159,8 +152,8 @@ def run(args) -> None:
         if all(p.exists() for p in done):
             continue
         edir.mkdir(parents=True, exist_ok=True)
-        held = edir / f"{name}.claim"
-        if not claim(held):
+        held = claim(edir / name)
+        if held is None:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {c['model']} {name}: eval on {','.join(c['eval'])}", flush=True)
         src = model_src(c["model"])
@@ -185,7 +178,7 @@ def run(args) -> None:
         del scorer
         if c["method"] != "dense":
             shutil.rmtree(path, ignore_errors=True)
-        held.unlink(missing_ok=True)
+        held.release()
 
 
 # ------------------------------------------------------------------------------------------ analysis

@@ -3,7 +3,6 @@ pre-registered decision rule, the mask comparison and the figure of the paper's 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -33,15 +32,15 @@ def test_grid_is_complete_and_the_primary_comparison_runs_first():
     assert cells[-1]["method"] == "contrastive"
 
 
-def test_a_cell_is_claimed_by_one_live_worker(tmp_path):
-    import subprocess
-
-    held = tmp_path / "mt-fr-s50.claim"
-    assert design.claim(held) and held.read_text() == str(os.getpid())
-    assert not design.claim(held)  # held by a live process (this one)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    held.write_text(dead.stdout.strip())  # left by a worker that died
-    assert design.claim(held) and held.read_text() == str(os.getpid())
+def test_a_cell_is_claimed_by_one_worker_at_a_time(tmp_path):
+    cell = tmp_path / "mt-fr-s50"
+    held = design.claim(cell)
+    assert held is not None and (tmp_path / "mt-fr-s50.lock").exists()
+    assert design.claim(cell) is None  # held: another worker skips the cell
+    held.release()
+    again = design.claim(cell)  # released (or its worker died): the cell can be taken
+    assert again is not None
+    again.release()
 
 
 def test_cross_lingual_cells_skip_generation():
