@@ -94,33 +94,29 @@ class _Wrapped:
         return NaiveStats(self.scaler, self.b_scaler, self.b_nsamples, self.b_absmax, bucket_names)
 
 
-def naive_wanda(model_dir, calibration: CalibrationSet, **kwargs):
-    """Wanda: col_scale = sqrt(mean over all counted tokens of x^2). See naive_prune."""
-    return naive_prune(model_dir, calibration, **kwargs)
+def run_layer(layer, call, x):
+    """layer's output for input x and one captured call (args after the input, kwargs, input given as kwarg)."""
+    args, kwargs, as_kw = call
+    kwargs = dict(kwargs)
+    if as_kw:
+        kwargs.pop("hidden_states", None)
+        out = layer(*args, hidden_states=x, **kwargs)
+    else:
+        out = layer(x, *args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @torch.no_grad()
-def naive_prune(model_dir, calibration: CalibrationSet, *, sparsity: float | None = None, pattern=None,
-                batch_size: int = 1, device: str = "cpu", out_dir=None, return_masks: bool = True,
-                scale: Optional[Callable[[NaiveStats, str], torch.Tensor]] = None,
-                protect: Optional[Callable[[NaiveStats, str], Optional[torch.Tensor]]] = None,
-                protected_out: Optional[dict] = None):
-    """Prune in memory. Returns {checkpoint-style weight name: bool mask (True = zero) in the
-    stored orientation} when return_masks; saves the model to out_dir when given.
-
-    scale(stats, name) -> fp32 [in_features] column scale (default: Wanda's stats.rms());
-    protect(stats, name) -> bool [in_features] columns never pruned, or None; the protected
-    column indices per matrix go into `protected_out` when given."""
-    scale = scale or (lambda st, name: st.rms())
+def load_and_capture(model_dir, calibration: CalibrationSet, batch_size: int, device: str):
+    """The whole model loaded with from_pretrained, and from real forward passes with pre-hooks: the
+    inputs of layer 0 per batch and every layer's call arguments per batch. Returns
+    (model, blocks path, layers, batches, layer-0 inputs, calls per layer)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval()
     path, layers = find_blocks(model)
     vocab = model.get_input_embeddings().weight.shape[0]
     batches = make_batches(calibration, batch_size, pad_id_for(model.config, vocab))
-    n, m = pattern or (0, 0)
-
-    # 1. inputs of layer 0 and the keyword arguments of every layer, from real forward passes
     inps, calls = [], [[] for _ in layers]
 
     def pre_hook(idx):
@@ -141,16 +137,29 @@ def naive_prune(model_dir, calibration: CalibrationSet, *, sparsity: float | Non
             pass
     for h in handles:
         h.remove()
+    return model, path, layers, batches, inps, calls
 
-    def run(layer, call, x):
-        args, kwargs, as_kw = call
-        kwargs = dict(kwargs)
-        if as_kw:
-            kwargs.pop("hidden_states", None)
-            out = layer(*args, hidden_states=x, **kwargs)
-        else:
-            out = layer(x, *args, **kwargs)
-        return out[0] if isinstance(out, (tuple, list)) else out
+
+def naive_wanda(model_dir, calibration: CalibrationSet, **kwargs):
+    """Wanda: col_scale = sqrt(mean over all counted tokens of x^2). See naive_prune."""
+    return naive_prune(model_dir, calibration, **kwargs)
+
+
+@torch.no_grad()
+def naive_prune(model_dir, calibration: CalibrationSet, *, sparsity: float | None = None, pattern=None,
+                batch_size: int = 1, device: str = "cpu", out_dir=None, return_masks: bool = True,
+                scale: Optional[Callable[[NaiveStats, str], torch.Tensor]] = None,
+                protect: Optional[Callable[[NaiveStats, str], Optional[torch.Tensor]]] = None,
+                protected_out: Optional[dict] = None):
+    """Prune in memory. Returns {checkpoint-style weight name: bool mask (True = zero) in the
+    stored orientation} when return_masks; saves the model to out_dir when given.
+
+    scale(stats, name) -> fp32 [in_features] column scale (default: Wanda's stats.rms());
+    protect(stats, name) -> bool [in_features] columns never pruned, or None; the protected
+    column indices per matrix go into `protected_out` when given."""
+    scale = scale or (lambda st, name: st.rms())
+    model, path, layers, batches, inps, calls = load_and_capture(model_dir, calibration, batch_size, device)
+    n, m = pattern or (0, 0)
 
     masks = {}
     for i, layer in enumerate(layers):
@@ -161,7 +170,7 @@ def naive_prune(model_dir, calibration: CalibrationSet, *, sparsity: float | Non
         for call, x, b in zip(calls[i], inps, batches):
             current["mask"] = b.mask.to(device)
             current["bucket"] = b.bucket
-            run(layer, call, x)
+            run_layer(layer, call, x)
         for h in handles:
             h.remove()
         for pl in subset:
@@ -177,7 +186,7 @@ def naive_prune(model_dir, calibration: CalibrationSet, *, sparsity: float | Non
             if return_masks:
                 stored = mask.t() if pl.transposed else mask
                 masks[key] = stored.cpu().clone()
-        inps = [run(layer, call, x) for call, x in zip(calls[i], inps)]
+        inps = [run_layer(layer, call, x) for call, x in zip(calls[i], inps)]
     if out_dir is not None:
         model.save_pretrained(out_dir)
     return masks if return_masks else None

@@ -1,7 +1,7 @@
 """Naive in-memory SparseGPT and OWL, written from the papers: the oracles of the engine's versions.
 
 The whole model is loaded with from_pretrained; every layer's inputs are captured with forward
-pre-hooks during real forward passes (as tests/helpers/naive.py does for Wanda), then layer by layer:
+pre-hooks during real forward passes (tests/helpers/naive.py's load_and_capture), then layer by layer:
 
 - SparseGPT (Frantar & Alistarh, 2023, Algorithm 1): one Hessian per matrix (no sharing between
   q/k/v), kept as the reference's running mean H *= n / (n + b); H += 2/n X^T X over the
@@ -26,57 +26,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from naive import load_and_capture, run_layer
 from safetensors.torch import load_file
 
-from featprune_ext.engine import make_batches, pad_id_for
-from featprune_ext.engine.families import find_blocks, prunable_linears
+from featprune_ext.engine.families import prunable_linears
 
 __all__ = ["assert_matches_naive", "naive_owl", "naive_sparsegpt", "obs_prune", "wanda_layerwise"]
-
-
-class _Stop(Exception):
-    pass
-
-
-def _load(model_dir, calibration, batch_size, device):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval()
-    path, layers = find_blocks(model)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    batches = make_batches(calibration, batch_size, pad_id_for(model.config, vocab))
-    inps, calls = [], [[] for _ in layers]
-
-    def pre_hook(idx):
-        def hook(module, args, kwargs):
-            calls[idx].append((args[1:], dict(kwargs), not args))
-            if idx == 0:
-                inps.append(args[0] if args else kwargs["hidden_states"])
-            if idx == len(layers) - 1:
-                raise _Stop
-
-        return hook
-
-    handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    for b in batches:
-        try:
-            model(input_ids=b.ids.to(device), attention_mask=b.mask.long().to(device), use_cache=False)
-        except _Stop:
-            pass
-    for h in handles:
-        h.remove()
-    return model, path, layers, batches, inps, calls
-
-
-def _run(layer, call, x):
-    args, kwargs, as_kw = call
-    kwargs = dict(kwargs)
-    if as_kw:
-        kwargs.pop("hidden_states", None)
-        out = layer(*args, hidden_states=x, **kwargs)
-    else:
-        out = layer(x, *args, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _masked_rows(x, mask):
@@ -97,7 +52,7 @@ def _layer_inputs(layer, subset, calls, inps, batches, add):
     handles = [pl.module.register_forward_pre_hook(hook_for(pl.name)) for pl in subset]
     for call, x, b in zip(calls, inps, batches):
         current["mask"] = b.mask
-        _run(layer, call, x)
+        run_layer(layer, call, x)
     for h in handles:
         h.remove()
 
@@ -147,7 +102,7 @@ def obs_prune(w: torch.Tensor, h: torch.Tensor, *, sparsity=None, n=0, m=0, bloc
 def naive_sparsegpt(model_dir, calibration, *, sparsity=None, pattern=None, targets=None, batch_size=1,
                     blocksize=128, damp=0.01):
     """({weight name: mask in the stored orientation}, {weight name: pruned weight, stored orientation and dtype})."""
-    model, path, layers, batches, inps, calls = _load(model_dir, calibration, batch_size, "cpu")
+    model, path, layers, batches, inps, calls = load_and_capture(model_dir, calibration, batch_size, "cpu")
     n, m = pattern or (0, 0)
     masks, weights = {}, {}
     for i, layer in enumerate(layers):
@@ -173,7 +128,7 @@ def naive_sparsegpt(model_dir, calibration, *, sparsity=None, pattern=None, targ
             w.copy_(pruned)
             masks[key] = (mask.t() if pl.transposed else mask).clone()
             weights[key] = pl.module.weight.data.clone()
-        inps = [_run(layer, call, x) for call, x in zip(calls[i], inps)]
+        inps = [run_layer(layer, call, x) for call, x in zip(calls[i], inps)]
     return masks, weights
 
 
@@ -195,7 +150,7 @@ def _wanda_scalers(layer, subset, calls, inps, batches):
 @torch.no_grad()
 def naive_owl(model_dir, calibration, *, sparsity, m=5.0, lam=0.08, batch_size=1):
     """(outlier ratios, per-layer sparsities, per-layer parameter counts) of OWL on the dense model."""
-    model, path, layers, batches, inps, calls = _load(model_dir, calibration, batch_size, "cpu")
+    model, path, layers, batches, inps, calls = load_and_capture(model_dir, calibration, batch_size, "cpu")
     ratios, params = [], []
     for i, layer in enumerate(layers):
         subset = prunable_linears(layer)
@@ -204,7 +159,7 @@ def naive_owl(model_dir, calibration, *, sparsity, m=5.0, lam=0.08, batch_size=1
                             for pl in subset])
         ratios.append(float((metric > torch.mean(metric) * m).sum()) / metric.numel())  # check_outlier_mean
         params.append(metric.numel())
-        inps = [_run(layer, call, x) for call, x in zip(calls[i], inps)]  # dense outputs
+        inps = [run_layer(layer, call, x) for call, x in zip(calls[i], inps)]  # dense outputs
     r = torch.tensor(ratios, dtype=torch.float64)
     p = torch.tensor(params, dtype=torch.float64)
     keep = (r - r.min()) * (1 / (r.max() - r.min()) * lam * 2)
@@ -215,7 +170,7 @@ def naive_owl(model_dir, calibration, *, sparsity, m=5.0, lam=0.08, batch_size=1
 @torch.no_grad()
 def wanda_layerwise(model_dir, calibration, targets, *, batch_size=1):
     """Wanda masks with a sparsity per layer: {weight name: mask in the stored orientation}."""
-    model, path, layers, batches, inps, calls = _load(model_dir, calibration, batch_size, "cpu")
+    model, path, layers, batches, inps, calls = load_and_capture(model_dir, calibration, batch_size, "cpu")
     masks = {}
     for i, layer in enumerate(layers):
         subset = prunable_linears(layer)
@@ -228,7 +183,7 @@ def wanda_layerwise(model_dir, calibration, targets, *, batch_size=1):
             mask = torch.zeros_like(w, dtype=torch.bool).scatter_(1, order, True)
             w[mask] = 0
             masks[f"{path}.{i}.{pl.param_name}"] = (mask.t() if pl.transposed else mask).clone()
-        inps = [_run(layer, call, x) for call, x in zip(calls[i], inps)]
+        inps = [run_layer(layer, call, x) for call, x in zip(calls[i], inps)]
     return masks
 
 
