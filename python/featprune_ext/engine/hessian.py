@@ -20,7 +20,7 @@ import torch
 from .. import ops
 from ..methods import HessianStats
 from .call_order import CallOrder, InputsSeen
-from .stats import non_finite_error
+from .stats import non_finite_error, token_mask_for
 
 __all__ = ["check_finite_hessians", "collect_hessians"]
 
@@ -74,15 +74,7 @@ def collect_hessians(block, linears, calls, hidden, batches, bucket_names, base_
             current["seen"].append((weakref.ref(x), hs))
             if current["skip"]:  # a batch of another bucket: grouped (the same on every rank), not added
                 return
-            mask = current["mask"]
-            routed = getattr(module, "token_index", None)  # an MoE expert sees only its routed tokens (moe.py)
-            if routed is not None:
-                mask = mask.reshape(-1)[routed]
-            if x.shape[:-1] != mask.shape:
-                if x.numel() // x.shape[-1] != mask.numel():
-                    raise RuntimeError(f"{name} got input {tuple(x.shape)} that does not line up with the "
-                                       f"{tuple(mask.shape)} token mask")
-                mask = mask.reshape(x.shape[:-1])
+            mask = token_mask_for(module, x, current["mask"], name)
             ops.accumulate_hessian(x.detach(), hs.hessian, hs.count, token_mask=mask)
 
         return hook

@@ -16,6 +16,19 @@ from .call_order import CallOrder, InputsSeen
 __all__ = ["check_finite_stats", "collect_stats", "non_finite_error"]
 
 
+def token_mask_for(module, x: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
+    """The batch's token mask (True = counted) shaped like x's tokens, as the linear `name` sees them."""
+    routed = getattr(module, "token_index", None)  # an MoE expert sees only its routed tokens (moe.py)
+    if routed is not None:
+        mask = mask.reshape(-1)[routed]
+    if x.shape[:-1] != mask.shape:
+        if x.numel() // x.shape[-1] != mask.numel():
+            raise RuntimeError(f"{name} got input {tuple(x.shape)} that does not line up with the "
+                               f"{tuple(mask.shape)} token mask")
+        mask = mask.reshape(x.shape[:-1])
+    return mask
+
+
 def collect_stats(block, linears, calls, hidden, batches, bucket_names, device,
                   outputs: list | None = None, call_orders: dict | None = None) -> dict[str, LinearStats]:
     """Run the block over every batch with hooks streaming each linear's input into its stats
@@ -34,21 +47,14 @@ def collect_stats(block, linears, calls, hidden, batches, bucket_names, device,
 
         def hook(module, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
-            mask = current["mask"]
-            routed = getattr(module, "token_index", None)  # an MoE expert sees only its routed tokens (moe.py)
-            if routed is not None:
-                mask = mask.reshape(-1)[routed]
-            if x.shape[:-1] != mask.shape:
-                if x.numel() // x.shape[-1] != mask.numel():
-                    raise RuntimeError(f"{name} got input {tuple(x.shape)} that does not line up with the "
-                                       f"{tuple(mask.shape)} token mask")
-                mask = mask.reshape(x.shape[:-1])
+            routed = getattr(module, "token_index", None) is not None  # an MoE expert (moe.py)
+            mask = token_mask_for(module, x, current["mask"], name)
             # The kernel sums this batch into a zeroed fp32 row; adding it to a float64 total is
             # exact in practice, so the result does not depend on batch order or on how the
             # batches were split among ranks (distributed.py).
             b = current["bucket"]
             last = current["last"]
-            if routed is None and last is not None and last[0] is x and last[1] == x._version:
+            if not routed and last is not None and last[0] is x and last[1] == x._version:
                 # the same tensor as the previous linear's input (q/k/v, gate/up): the same sums
                 sums, counted, maxima = last[2:]
             else:
@@ -56,11 +62,11 @@ def collect_stats(block, linears, calls, hidden, batches, bucket_names, device,
                 for t in (partial, count, absmax):
                     t.zero_()
                 ops.accumulate_stats(x.detach(), partial, count, token_mask=mask, absmax=absmax)
-                current["last"] = (x, x._version, partial, count, absmax) if routed is None else None
+                current["last"] = (x, x._version, partial, count, absmax) if not routed else None
             st.sumsq[b] += sums[0].double()
             st.count[b] += counted[0]
             torch.maximum(st.absmax[b], maxima[0], out=st.absmax[b])
-            order.saw(name, routed is not None)
+            order.saw(name, routed)
 
         return hook
 
