@@ -48,10 +48,11 @@ def collect_hessians(block, linears, calls, hidden, batches, bucket_names, base_
         name = pl.name
 
         def hook(module, args, kwargs):
-            add(module, args, kwargs)
-            order.saw(name, getattr(module, "token_index", None) is not None)
+            routed = getattr(module, "token_index", None)  # an MoE expert sees only its routed tokens
+            add(args, kwargs, routed)
+            order.saw(name, routed is not None)
 
-        def add(module, args, kwargs):
+        def add(args, kwargs, routed):
             x = args[0] if args else next(iter(kwargs.values()))
             match = next((g for ref, g in current["seen"] if _same_tensor(ref, x)), None)
             batch = current["batch"]
@@ -74,7 +75,7 @@ def collect_hessians(block, linears, calls, hidden, batches, bucket_names, base_
             current["seen"].append((weakref.ref(x), hs))
             if current["skip"]:  # a batch of another bucket: grouped (the same on every rank), not added
                 return
-            mask = token_mask_for(module, x, current["mask"], name)
+            mask = token_mask_for(x, current["mask"], routed, name)
             ops.accumulate_hessian(x.detach(), hs.hessian, hs.count, token_mask=mask)
 
         return hook

@@ -13,12 +13,12 @@ from ..errors import NonFiniteError
 from ..methods import LinearStats
 from .call_order import CallOrder, InputsSeen
 
-__all__ = ["check_finite_stats", "collect_stats", "non_finite_error"]
+__all__ = ["check_finite_stats", "collect_stats", "non_finite_error", "token_mask_for"]
 
 
-def token_mask_for(module, x: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
-    """The batch's token mask (True = counted) shaped like x's tokens, as the linear `name` sees them."""
-    routed = getattr(module, "token_index", None)  # an MoE expert sees only its routed tokens (moe.py)
+def token_mask_for(x: torch.Tensor, mask: torch.Tensor, routed: torch.Tensor | None, name: str) -> torch.Tensor:
+    """The batch's token mask (True = counted) shaped like x's tokens, as the linear `name` sees them:
+    `routed` is an MoE expert's `token_index` (the rows of its routed tokens, moe.py), else None."""
     if routed is not None:
         mask = mask.reshape(-1)[routed]
     if x.shape[:-1] != mask.shape:
@@ -47,14 +47,14 @@ def collect_stats(block, linears, calls, hidden, batches, bucket_names, device,
 
         def hook(module, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
-            routed = getattr(module, "token_index", None) is not None  # an MoE expert (moe.py)
-            mask = token_mask_for(module, x, current["mask"], name)
+            routed = getattr(module, "token_index", None)  # an MoE expert sees only its routed tokens
+            mask = token_mask_for(x, current["mask"], routed, name)
             # The kernel sums this batch into a zeroed fp32 row; adding it to a float64 total is
             # exact in practice, so the result does not depend on batch order or on how the
             # batches were split among ranks (distributed.py).
             b = current["bucket"]
             last = current["last"]
-            if not routed and last is not None and last[0] is x and last[1] == x._version:
+            if routed is None and last is not None and last[0] is x and last[1] == x._version:
                 # the same tensor as the previous linear's input (q/k/v, gate/up): the same sums
                 sums, counted, maxima = last[2:]
             else:
@@ -62,11 +62,11 @@ def collect_stats(block, linears, calls, hidden, batches, bucket_names, device,
                 for t in (partial, count, absmax):
                     t.zero_()
                 ops.accumulate_stats(x.detach(), partial, count, token_mask=mask, absmax=absmax)
-                current["last"] = (x, x._version, partial, count, absmax) if not routed else None
+                current["last"] = (x, x._version, partial, count, absmax) if routed is None else None
             st.sumsq[b] += sums[0].double()
             st.count[b] += counted[0]
             torch.maximum(st.absmax[b], maxima[0], out=st.absmax[b])
-            order.saw(name, routed)
+            order.saw(name, routed is not None)
 
         return hook
 
