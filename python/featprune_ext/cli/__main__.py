@@ -1,7 +1,5 @@
 """`python -m featprune_ext.cli ...` (what torchrun launches): the `featprune` command."""
 
-import sys
+from . import console_main
 
-from . import main
-
-sys.exit(main())
+console_main()
