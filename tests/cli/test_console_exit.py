@@ -18,6 +18,15 @@ CHILD = textwrap.dedent("""
     marker, code, thread = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "thread"
     atexit.register(lambda: open(marker, "a").write("atexit ran\\n"))
 
+    class Teardown:  # collected by the interpreter's teardown, which the fast exit skips
+        def __init__(self, path, opener=open):  # globals may be gone by then: keep what __del__ needs
+            self.path, self.opener = path, opener
+
+        def __del__(self):
+            self.opener(self.path, "a").write("teardown\\n")
+
+    kept = Teardown(marker)
+
     def main():
         print("x" * 200_000)  # more than a pipe's buffer: lost unless flushed before the exit
         if thread:
@@ -30,10 +39,13 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("code", [0, 2], ids=["ok", "usage-error"])
-@pytest.mark.parametrize("thread", [False, True], ids=["no-thread", "live-thread"])
-def test_console_main_exit_keeps_code_output_and_handlers(tmp_path, code, thread):
+@pytest.mark.parametrize("thread,fast_env", [(False, None), (True, None), (False, "0")],
+                         ids=["fast", "live-thread", "FEATPRUNE_FAST_EXIT=0"])
+def test_console_main_exit_keeps_code_output_and_handlers(tmp_path, code, thread, fast_env):
     marker = tmp_path / "marker.txt"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as users run it
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "FEATPRUNE_FAST_EXIT")}
+    if fast_env is not None:  # buffered stdout above, as users run it
+        env["FEATPRUNE_FAST_EXIT"] = fast_env
     proc = subprocess.run([sys.executable, "-c", CHILD, str(marker), str(code), "thread" if thread else "none"],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == code, proc.stderr
@@ -41,3 +53,5 @@ def test_console_main_exit_keeps_code_output_and_handlers(tmp_path, code, thread
     lines = marker.read_text().splitlines()
     assert "atexit ran" in lines
     assert ("thread done" in lines) == thread  # the normal exit waited for the thread
+    fast = not thread and fast_env is None
+    assert ("teardown" in lines) != fast  # the lever itself: no teardown on the fast path, only there

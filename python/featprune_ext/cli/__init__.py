@@ -35,6 +35,7 @@ __all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAG
 COMMANDS = ["prune", "data", "eval", "analyze", "demo"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+FAST_EXIT_ENV = "FEATPRUNE_FAST_EXIT"
 
 MAIN_EPILOG = """exit codes: 0 success, 1 runtime failure (disk full included: rerun with --resume),
 2 bad input or usage, 130 interrupted. `featprune COMMAND --help` shows each command's options and examples.
@@ -92,10 +93,12 @@ def console_main() -> NoReturn:
     Tearing down torch's and transformers' thousands of modules takes 1-2.5 s on a 2-core CPU, a
     twentieth of a small pruning run, and does nothing useful: every file featprune writes is
     already fsynced and renamed. atexit handlers still run and both streams are flushed. Where a
-    non-daemon thread is still alive, the normal exit waits for it instead."""
+    non-daemon thread is still alive, the normal exit waits for it instead; FEATPRUNE_FAST_EXIT=0
+    asks for the normal exit (e.g. for a tool that reports at teardown)."""
     code = main()
     main_thread = threading.main_thread()
-    if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
+    if (os.environ.get(FAST_EXIT_ENV, "1") == "0"
+            or any(t is not main_thread and not t.daemon for t in threading.enumerate())):
         sys.exit(code)
     try:
         atexit._run_exitfuncs()
