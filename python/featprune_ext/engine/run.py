@@ -22,7 +22,6 @@ import shutil
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -63,6 +62,7 @@ from .resume import (
 from .select import Selection
 from .skeleton import ModelSkeleton
 from .stats import check_finite_stats, collect_stats
+from .threads import background_pool
 from .timing import PhaseTimer
 
 __all__ = ["prune_model"]
@@ -333,7 +333,7 @@ class _Run:
                 if self.dist.is_writer:
                     self.save_progress(0, None)
         writer = BackgroundWriter()
-        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featprune-prefetch")
+        loader = background_pool("prefetch")
         die_after = os.environ.get(_DIE_ENV)
         bar = None
         try:
