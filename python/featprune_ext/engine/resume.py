@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -24,7 +24,6 @@ from .batches import AUTO
 from .checkpoint import INDEX_NAME, write_index
 from .report import peak_rss_bytes
 from .skeleton import ModelSkeleton
-from .threads import background_pool
 
 __all__ = ["PROGRESS_NAME", "REPORT_NAME", "BackgroundWriter", "copy_side_files", "die_if_asked", "finish_run",
            "partial_dir", "resume_point_due", "run_fingerprint"]
@@ -68,7 +67,7 @@ class BackgroundWriter:
     host memory holds at most one block waiting to be written."""
 
     def __init__(self):
-        self.pool = background_pool("writer")
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featprune-writer")
         self.pending: Future | None = None
 
     def submit(self, fn, *args) -> None:

@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -62,7 +63,6 @@ from .resume import (
 from .select import Selection
 from .skeleton import ModelSkeleton
 from .stats import check_finite_stats, collect_stats
-from .threads import background_pool
 from .timing import PhaseTimer
 
 __all__ = ["prune_model"]
@@ -333,7 +333,7 @@ class _Run:
                 if self.dist.is_writer:
                     self.save_progress(0, None)
         writer = BackgroundWriter()
-        loader = background_pool("prefetch")
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featprune-prefetch")
         die_after = os.environ.get(_DIE_ENV)
         bar = None
         try:
