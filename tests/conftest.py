@@ -1,6 +1,17 @@
 # Helper modules (tests/helpers: tiny_models, kernel_cases, the naive oracle) import by bare
 # name through pytest's `pythonpath` setting in pyproject.toml.
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _token_cache_in_tmp(tmp_path_factory):
+    """Runs under test write their token cache (data/token_cache.py) to a temporary folder, never
+    the user's; subprocesses inherit it. A test that needs an empty cache sets its own."""
+    os.environ["FEATPRUNE_TOKEN_CACHE"] = str(tmp_path_factory.mktemp("token_cache"))
+    yield
+    os.environ.pop("FEATPRUNE_TOKEN_CACHE", None)
 
 
 # -- shared models for the engine tests (built once per session) -------------------------------

@@ -98,6 +98,7 @@ def test_env_switch_and_threads_keep_the_work_in_process(monkeypatch):
 def test_prune_masks_and_calibration_identical_with_and_without_fork(tiny_model, calib_jsonl, tmp_path,
                                                                      monkeypatch):
     src = tiny_model("llama")
+    monkeypatch.setenv("FEATPRUNE_TOKEN_CACHE", "0")  # both arms tokenize (the second would hit the cache)
     reports = {}
     for fork in ("1", "0"):
         monkeypatch.setenv(FORK_ENV, fork)

@@ -79,20 +79,30 @@ def _calibration(model_dir: Path, method, *, calib, calib_texts, contrast, data,
                                                  nsamples=nsamples, seqlen=seqlen, shots=shots, seed=seed))
 
 
-def _build_calibration(model_dir, calib, contrast, texts, buckets, calib_texts, **options):
+def _load_tokenizer(model_dir):
     from transformers import AutoTokenizer
 
-    from .data.calibration import build_contrast_calibration
-    from .data.calibration_set import CalibrationSet
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        return AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load the tokenizer from {model_dir}: {str(exc).splitlines()[0]}") from None
+
+
+def _build_calibration(model_dir, calib, contrast, texts, buckets, calib_texts, **options):
+    from .data.calibration import build_contrast_calibration
+    from .data.calibration_set import CalibrationSet
+    from .data.token_cache import CachedTokenizer, token_cache_dir
+
+    # the tokenizer is loaded only if a text's ids are not in the token cache (data/token_cache.py)
+    tokenizer = CachedTokenizer(Path(model_dir), lambda: _load_tokenizer(model_dir), token_cache_dir())
     if calib:
-        return build_contrast_calibration(calib, contrast, tokenizer, **options)
-    return CalibrationSet.from_texts(texts, tokenizer, options["nsamples"], options["seqlen"], options["seed"],
-                                     buckets=buckets, source=str(calib_texts))
+        calibration = build_contrast_calibration(calib, contrast, tokenizer, **options)
+    else:
+        calibration = CalibrationSet.from_texts(texts, tokenizer, options["nsamples"], options["seqlen"],
+                                                options["seed"], buckets=buckets, source=str(calib_texts))
+    tokenizer.save()
+    calibration.summary["token_cache"] = tokenizer.status
+    return calibration
 
 
 def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", sparsity: Optional[float] = None,
