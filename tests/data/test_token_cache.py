@@ -172,3 +172,19 @@ def test_prune_twice_second_run_hits_with_the_same_output(tiny_model, calib_json
     off = featprune_ext.prune(model, tmp_path / "out2", calib_texts=calib_jsonl, nsamples=6, seqlen=32,
                               sparsity=0.5, progress=False)
     assert off["calibration"]["token_cache"] == "off"
+
+
+def test_an_entry_that_is_not_ids_is_not_trusted(tok_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = CachedTokenizer(tok_dir, counting_loader(tok_dir, []), cache)
+    first(TEXTS[0])
+    first.save()
+    path = next(cache.iterdir())
+    data = json.loads(path.read_text())
+    (key,) = data["ids"]
+    data["ids"][key] = ["1", 2.0]
+    path.write_text(json.dumps(data))
+    calls = []
+    again = CachedTokenizer(tok_dir, counting_loader(tok_dir, calls), cache)
+    assert again(TEXTS[0])["input_ids"] == AutoTokenizer.from_pretrained(tok_dir)(TEXTS[0])["input_ids"]
+    assert calls == [1]

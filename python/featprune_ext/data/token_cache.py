@@ -65,6 +65,13 @@ def tokenizer_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+def _is_ids(value) -> bool:
+    """A list of int token ids, or (a tokenizer answering as a batch) a list holding one."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+        value = value[0]
+    return isinstance(value, list) and all(type(i) is int for i in value)
+
+
 def _text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -115,7 +122,7 @@ class CachedTokenizer:
             return self._tokenizer()(text, add_special_tokens=False)
         key = _text_key(text)
         ids = self._data["ids"].get(key) if self._path is not None else None
-        if ids is None:
+        if not _is_ids(ids):  # a miss (or an entry that is not a list of ids: not trusted)
             ids = self._tokenizer()(text, add_special_tokens=True)["input_ids"]
             ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
             self._data["ids"][key] = self._new[key] = ids
