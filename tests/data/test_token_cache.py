@@ -155,8 +155,9 @@ def test_real_gemma_tokenizer_ids_from_the_cache(gemma3_dir, tmp_path):
 
 
 def test_prune_twice_second_run_hits_with_the_same_output(tiny_model, calib_jsonl, tmp_path, monkeypatch):
-    import featprune_ext
     from safetensors.torch import load_file
+
+    import featprune_ext
 
     monkeypatch.setenv("FEATPRUNE_TOKEN_CACHE", str(tmp_path / "cache"))
     model = tiny_model("llama")

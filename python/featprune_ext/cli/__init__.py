@@ -29,7 +29,8 @@ from typing import NoReturn
 
 from ..errors import DiskFullError, FeatpruneError, InputError
 
-__all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "console_main", "main"]
+__all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "FAST_EXIT_ENV", "build_parser",
+           "console_main", "main"]
 
 # subcommand modules, in the order `featprune --help` lists them
 COMMANDS = ["prune", "data", "eval", "analyze", "demo"]
