@@ -101,6 +101,19 @@ MUTANTS = [
            [("if self.order is not None and len(self.seen) == len(self.order) and self.seen == self.order:",
              "if self.order is not None and name == self.order[-1]:  # MUTANT")],
            ["tests/engine/test_stats_early_stop.py::test_a_batch_that_calls_the_last_linear_early_runs_whole"]),
+    Mutant("token-cache-names-only", "the token cache's fingerprint hashes the tokenizer files' names, not "
+           "their bytes (an edited tokenizer gets the old ids)",
+           "data/token_cache.py",
+           [('h.update(hashlib.file_digest(fh, "sha256").digest() if hasattr(hashlib, "file_digest")',
+             'h.update(b"" if True else hashlib.file_digest(fh, "sha256").digest() if hasattr(hashlib, '
+             '"file_digest")')],
+           ["tests/data/test_token_cache.py::test_an_edited_tokenizer_misses_and_gives_its_own_ids",
+            "tests/data/test_token_cache.py::test_anything_the_tokenizer_reads_changes_the_fingerprint"
+            "[edit tokenizer_config.json]"]),
+    Mutant("fast-exit-unflushed", "the fast exit drops what is still buffered on stdout",
+           "cli/__init__.py",
+           [("                stream.flush()", "                pass  # MUTANT")],
+           ["tests/cli/test_console_exit.py::test_console_main_exit_keeps_code_output_and_handlers[fast-ok]"]),
     # --slow: the same class of bug seen by the real 2-rank gloo run (tests/helpers/dist_probe.py)
     Mutant("absmax-summed", "absmax is all-reduced with SUM instead of MAX",
            "engine/distributed.py",
