@@ -68,7 +68,9 @@ def prune_child(args) -> int:
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         cap = int(args.cap_gib * GIB)
-        torch.cuda.set_per_process_memory_fraction(min(cap / total, 1.0), device)
+        # torch 2.11 wants an index here ("cuda" alone is refused)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(min(cap / total, 1.0), index)
     calib = calibration(Path(args.calib))
     out = Path(args.out)
     t0 = time.perf_counter()
