@@ -72,6 +72,8 @@ def available_memory_bytes(device: torch.device) -> int:
     fraction, if one is set), or for the CPU MemAvailable, lowered to the cgroup's limit if any."""
     device = torch.device(device)
     if device.type == "cuda":
+        if device.index is None:  # get_per_process_memory_fraction refuses "cuda" without an index
+            device = torch.device("cuda", torch.cuda.current_device())
         free, total = torch.cuda.mem_get_info(device)
         get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
         if get_fraction is not None:

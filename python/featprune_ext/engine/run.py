@@ -109,6 +109,8 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
         raise InputError(f"device must be cpu or cuda, got {device}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device cuda was asked for, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is None:  # some torch.cuda calls refuse "cuda" without an index
+        device = torch.device("cuda", torch.cuda.current_device())
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     part = partial_dir(out_dir)
     if out_dir == model_dir or model_dir in out_dir.parents:
