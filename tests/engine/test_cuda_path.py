@@ -40,7 +40,7 @@ def test_cuda_branches_follow_the_stream_protocol_and_match_cpu(tiny_model, tmp_
     monkeypatch.setattr(engine_run, "collect_stats", stats_spy)
     report = prune_model(src, tmp_path / "sim", calibration=calib, method=Wanda(), sparsity=0.5, batch_size=2,
                          progress=False)
-    assert log.of("run_on_sim_cuda") and len(log.of("new_stream")) == 1 and len(log.of("reset_peak")) == 1
+    assert log.of("run_on_sim_cuda") and len(log.of("new_stream")) == 2 and len(log.of("reset_peak")) == 1
 
     blocks = report["model"]["blocks"]
     prefix = report["model"]["blocks_path"]
@@ -53,13 +53,28 @@ def test_cuda_branches_follow_the_stream_protocol_and_match_cpu(tiny_model, tmp_
 
     # per block: event recorded on the copy stream (prefetch thread, inside the copy stream context),
     # then the compute stream waits on it, then record_stream for each tensor, then the statistics pass
-    recorded, waits, handed = log.of("record_event"), log.of("wait_event"), log.of("record_stream")
+    recorded = [r for r in log.of("record_event") if r["stream"] == "copy"]
+    waits = log.of("wait_event")
+    handed = [h for h in log.of("record_stream") if h["stream"] == "compute"]
     assert len(recorded) == len(waits) == blocks
-    assert all(r["stream"] == "copy" and r["thread"].startswith("featprune-prefetch") for r in recorded)
+    assert all(r["thread"].startswith("featprune-prefetch") for r in recorded)
     assert [w["event"] for w in waits] == [r["event"] for r in recorded]
     assert all(w["stream"] == "compute" and w["on"] == "copy" for w in waits)
-    assert all(h["stream"] == "compute" for h in handed)
     assert len(handed) == sum(len(rs) for rs in block_reads)  # every block tensor, once
+
+    # the pruned matrices go to pinned host buffers on the d2h stream, after the pruning kernels
+    # (it waits on the compute stream), each handed to it with record_stream; the writer waits for
+    # the block's d2h event before it writes, and a phase only synchronises the compute stream
+    pruned = sum(len(layer["matrices"]) for layer in report["layers"])
+    assert len(log.of("pinned_alloc")) == pruned
+    assert len([h for h in log.of("record_stream") if h["stream"] == "d2h"]) == pruned
+    d2h_events = [r["event"] for r in log.of("record_event") if r["stream"] == "d2h"]
+    assert len(d2h_events) == blocks == len([w for w in log.of("wait_stream") if w == {
+        "thread": "MainThread", "stream": "d2h", "on": "compute"}])
+    synced = log.of("event_synchronize")
+    assert [e["event"] for e in synced] == d2h_events
+    assert all(e["thread"].startswith("featprune-writer") for e in synced)
+    assert log.of("synchronize") and all(e["stream"] == "compute" for e in log.of("synchronize"))
     kinds = [k for k, _, _ in log.events]
     waits_at = [i for i, k in enumerate(kinds) if k == "wait_event"]
     stats_at = [n for _, n in order]

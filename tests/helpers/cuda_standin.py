@@ -3,10 +3,11 @@
 Test-only. The engine keeps its device in `_Run.device`; `install()` makes it a `SimCudaDevice`, a
 `str` subclass whose `.type` is "cuda" while torch, which reads the string, places every tensor on
 the CPU. The torch.cuda calls the engine makes (side stream, event, stream context, current stream,
-record_stream, pinned reads, peak-memory counters, synchronize) are replaced by recorders that check
-the protocol as it happens: an event is recorded on the copy stream inside its stream context
-before the compute stream waits on it, and every block tensor is handed to the compute stream
-with record_stream before the block runs. What this cannot see is the GPU itself (kernels,
+record_stream, pinned reads and buffers, peak-memory counters, synchronize) are replaced by recorders
+that check the protocol as it happens: an event is recorded on the copy stream inside its stream
+context before the compute stream waits on it, and every block tensor is handed to the compute
+stream with record_stream before the block runs; the pruned matrices go to the host on the d2h
+stream, whose event the writer waits for. What this cannot see is the GPU itself (kernels,
 asynchronous copies, memory); tests/native covers the kernels under tests/cuda_sim.
 """
 
@@ -40,6 +41,12 @@ class FakeStream:
         assert event.recorded_on is not None, f"{self.name} stream waits on an event never recorded"
         self.log.add("wait_event", stream=self.name, event=event.id, on=event.recorded_on)
 
+    def wait_stream(self, other: FakeStream) -> None:
+        self.log.add("wait_stream", stream=self.name, on=other.name)
+
+    def synchronize(self) -> None:
+        self.log.add("synchronize", stream=self.name)
+
     def __repr__(self):
         return f"<FakeStream {self.name}>"
 
@@ -54,6 +61,10 @@ class FakeEvent:
         assert self.log.current() is stream, "event recorded on a stream other than the current one"
         self.recorded_on = stream.name
         self.log.add("record_event", stream=stream.name, event=self.id)
+
+    def synchronize(self) -> None:
+        assert self.recorded_on is not None, "synchronize on an event never recorded"
+        self.log.add("event_synchronize", event=self.id, on=self.recorded_on)
 
 
 @dataclass
@@ -86,6 +97,7 @@ class CudaLog:
 
 def install(monkeypatch) -> CudaLog:
     """Route the engine's CUDA branches through recording stand-ins (undone by monkeypatch)."""
+    from featprune_ext.engine import block_matrices
     from featprune_ext.engine import run as engine_run
     from featprune_ext.engine.checkpoint import Checkpoint
 
@@ -111,8 +123,14 @@ def install(monkeypatch) -> CudaLog:
         log.add("read", name=name, pinned=pin_memory)
         return real_read(self, name)  # no pinned allocator without CUDA: a plain CPU buffer
 
+    def pinned_like(t):
+        log.add("pinned_alloc", shape=tuple(t.shape))
+        return torch.empty(t.shape, dtype=t.dtype)
+
+    stream_names = iter(["copy", "d2h"])  # the order _Run.execute creates them in
+
     for name, fn in {
-        "Stream": lambda device=None: log.add("new_stream") or FakeStream(log, "copy"),
+        "Stream": lambda device=None: log.add("new_stream") or FakeStream(log, next(stream_names)),
         "Event": lambda *a, **k: FakeEvent(log),
         "stream": stream,
         "current_stream": lambda device=None: log.current(),
@@ -125,6 +143,7 @@ def install(monkeypatch) -> CudaLog:
         monkeypatch.setattr(torch.cuda, name, fn)
     monkeypatch.setattr(torch.Tensor, "record_stream", record_stream)
     monkeypatch.setattr(Checkpoint, "read", read)
+    monkeypatch.setattr(block_matrices, "_pinned_like", pinned_like)
 
     real_run = engine_run._Run
     signature = inspect.signature(real_run.__init__)

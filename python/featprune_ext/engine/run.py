@@ -212,7 +212,10 @@ class _Run:
         total = skel.num_blocks + 1
         self.shard_name = [f"model-{j + 1:05d}-of-{total:05d}.safetensors" for j in range(total)]
         self.t_capture = 0.0
-        self.timer = PhaseTimer(sync=(lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None)
+        # a phase waits for its own kernels (this thread's stream), not for the prefetch and
+        # device-to-host copies running beside it on their own streams
+        self.timer = PhaseTimer(sync=(lambda: torch.cuda.current_stream(device).synchronize())
+                                if device.type == "cuda" else None)
 
     # -- progress record --
     def save_progress(self, blocks_done: int, act_file: str | None) -> None:
@@ -260,6 +263,9 @@ class _Run:
             self._write_block_now(i, entries, next_hidden, layer_report)
 
     def _write_block_now(self, i: int, entries, next_hidden, layer_report) -> None:
+        done = self.host_copies.pop(i, None)
+        if done is not None:  # the pruned matrices' device-to-host copies (block_matrices._to_host)
+            done.synchronize()
         write_safetensors(self.part / self.shard_name[i + 1], entries)
         die_if_asked("write", i)
         if next_hidden is _NOT_A_RESUME_POINT:  # progress.json keeps the last resume point
@@ -326,6 +332,8 @@ class _Run:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.d2h_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # block_matrices._to_host
+        self.host_copies = {}
         batches, calls, hidden = [], [], []
         if method.needs_calibration and self.start_block < skel.num_blocks:
             batches, calls, hidden = self._prepare_inputs()

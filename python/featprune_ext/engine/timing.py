@@ -5,7 +5,8 @@ and the writer) and the background threads' busy time (read on the prefetch thre
 on the writer thread) are added up separately: the threads overlap the main thread, so
 read_s and write_s are not part of the wall time unless the main thread waited for them
 (wait_read_s, wait_write_s: the "idle" time). On CUDA the main-thread phases end with a
-device synchronisation, so kernel time lands in the phase that launched it.
+synchronisation of the main thread's stream, so kernel time lands in the phase that launched it
+(the prefetch and device-to-host copies run on streams of their own, beside it).
 """
 
 from __future__ import annotations
