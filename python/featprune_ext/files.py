@@ -14,10 +14,14 @@ from typing import Union
 
 from .errors import DiskFullError, InputError
 
-__all__ = ["atomic_save_torch", "atomic_write", "atomic_write_bytes", "atomic_write_json", "disk_full", "fsync_dir",
-           "read_jsonl_objects", "write_fd"]
+__all__ = ["WEIGHT_SUFFIXES", "atomic_save_torch", "atomic_write", "atomic_write_bytes", "atomic_write_json",
+           "disk_full", "fsync_dir", "read_jsonl_objects", "write_fd"]
 
 PathLike = Union[str, os.PathLike]
+
+
+# file names that hold model weights (every other file of a model folder is a "side file": config, tokenizer)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 
 
 def disk_full(path: Path, exc: OSError) -> DiskFullError:

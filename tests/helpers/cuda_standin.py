@@ -97,8 +97,8 @@ class CudaLog:
 
 def install(monkeypatch) -> CudaLog:
     """Route the engine's CUDA branches through recording stand-ins (undone by monkeypatch)."""
-    from featprune_ext.engine import block_matrices
     from featprune_ext.engine import run as engine_run
+    from featprune_ext.engine import transfers
     from featprune_ext.engine.checkpoint import Checkpoint
 
     log = CudaLog()
@@ -143,7 +143,7 @@ def install(monkeypatch) -> CudaLog:
         monkeypatch.setattr(torch.cuda, name, fn)
     monkeypatch.setattr(torch.Tensor, "record_stream", record_stream)
     monkeypatch.setattr(Checkpoint, "read", read)
-    monkeypatch.setattr(block_matrices, "_pinned_like", pinned_like)
+    monkeypatch.setattr(transfers, "_pinned_like", pinned_like)
 
     real_run = engine_run._Run
     signature = inspect.signature(real_run.__init__)

@@ -23,13 +23,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..files import atomic_write_bytes
+from ..files import WEIGHT_SUFFIXES, atomic_write_bytes
 
 __all__ = ["TOKEN_CACHE_ENV", "CachedTokenizer", "token_cache_dir", "tokenizer_fingerprint"]
 
 TOKEN_CACHE_ENV = "FEATPRUNE_TOKEN_CACHE"
 _FORMAT = 1
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 _NOT_READ_BY_TOKENIZERS = ("featprune.json", "model.safetensors.index.json")
 _LIBRARIES = ("transformers", "tokenizers", "sentencepiece", "protobuf", "tiktoken")
 _MAX_IDS = 20_000_000  # a file above this many ids starts again from this run's texts
@@ -56,7 +55,7 @@ def tokenizer_fingerprint(model_dir: Path) -> str:
     h = hashlib.sha256(json.dumps({"format": _FORMAT, "python": sys.version_info[:2],
                                    "libraries": {n: _version(n) for n in _LIBRARIES}}).encode())
     for f in sorted(Path(model_dir).iterdir()):
-        if not f.is_file() or f.name.endswith(_WEIGHT_SUFFIXES) or f.name in _NOT_READ_BY_TOKENIZERS:
+        if not f.is_file() or f.name.endswith(WEIGHT_SUFFIXES) or f.name in _NOT_READ_BY_TOKENIZERS:
             continue
         h.update(f.name.encode() + b"\0")
         with open(f, "rb") as fh:

@@ -10,6 +10,7 @@ import torch
 
 from ..data.calibration_set import CalibrationSet
 from ..errors import InputError
+from .transfers import with_index
 
 __all__ = ["AUTO", "Batch", "COMPUTE_DTYPES", "auto_batch_size", "available_memory_bytes", "make_batches",
            "pad_id_for", "parse_batch_size", "parse_dtype", "validate_pattern"]
@@ -70,10 +71,8 @@ def parse_batch_size(value) -> int | str:
 def available_memory_bytes(device: torch.device) -> int:
     """Memory this process may still use on `device`: free device memory (under a per-process
     fraction, if one is set), or for the CPU MemAvailable, lowered to the cgroup's limit if any."""
-    device = torch.device(device)
+    device = with_index(device)  # get_per_process_memory_fraction refuses "cuda" without an index
     if device.type == "cuda":
-        if device.index is None:  # get_per_process_memory_fraction refuses "cuda" without an index
-            device = torch.device("cuda", torch.cuda.current_device())
         free, total = torch.cuda.mem_get_info(device)
         get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
         if get_fraction is not None:

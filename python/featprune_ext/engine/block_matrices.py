@@ -7,6 +7,7 @@ import torch
 
 from .checkpoint import RawTensor
 from .moe import prune_matrix, warn_fallbacks
+from .transfers import to_host
 
 __all__ = ["prune_block_matrices"]
 
@@ -32,31 +33,9 @@ def prune_block_matrices(run, i: int, linears, stats, originals, sparsity):
         stored = run.ckpt.info(key).dtype  # written back in the input's dtype
         entries.append((key, stored_w.to(dtype=stored)))
         pruned_keys.add(key)
-    _to_host(run, i, entries)
+    if run.device.type == "cuda":  # down on the d2h stream, overlapping the pruned pass; the writer waits
+        run.host_copies[i] = to_host(entries, run.device, run.d2h_stream)
     entries += [(k, RawTensor(run.ckpt, k)) for k in skel.block_keys[i] if k not in pruned_keys]
     warn_fallbacks(i, matrices)
     return entries, matrices
 
-
-def _pinned_like(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True)  # pageable memory would make the copy synchronous
-
-
-def _to_host(run, i: int, entries: list) -> None:
-    """Replace device matrices by host copies for the writer. On CUDA they are copied on a stream of
-    their own into pinned memory, overlapping the pruned pass, and run.host_copies[i] holds the event
-    the writer waits for: a synchronous copy here cost the main thread a 7B block's 400 MB at
-    PCIe speed, every block."""
-    if run.device.type != "cuda":
-        return
-    stream = run.d2h_stream
-    stream.wait_stream(torch.cuda.current_stream(run.device))  # after the pruning kernels
-    with torch.cuda.stream(stream):
-        for j, (key, t) in enumerate(entries):
-            host = _pinned_like(t)
-            host.copy_(t, non_blocking=True)
-            t.record_stream(stream)  # the allocator must not hand t's memory out before the copy ran
-            entries[j] = (key, host)
-        done = torch.cuda.Event()
-        done.record(stream)
-    run.host_copies[i] = done

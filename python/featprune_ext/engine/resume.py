@@ -18,7 +18,7 @@ import torch
 from .._version import __version__, versions
 from ..data.calibration_set import CalibrationSet
 from ..errors import InputError
-from ..files import atomic_write_json, fsync_dir
+from ..files import WEIGHT_SUFFIXES, atomic_write_json, fsync_dir
 from ..methods import PruneMethod
 from .batches import AUTO
 from .checkpoint import INDEX_NAME, write_index
@@ -30,7 +30,6 @@ __all__ = ["PROGRESS_NAME", "REPORT_NAME", "BackgroundWriter", "copy_side_files"
 
 PROGRESS_NAME = "progress.json"
 REPORT_NAME = "featprune.json"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 
 
 def partial_dir(out_dir: Path) -> Path:
@@ -55,7 +54,7 @@ def copy_side_files(src: Path, dst: Path) -> list[str]:
     """config, tokenizer, generation config and any other non-weight file, byte for byte."""
     copied = []
     for f in sorted(src.iterdir()):
-        if not f.is_file() or f.name in (INDEX_NAME, REPORT_NAME) or f.name.endswith(_WEIGHT_SUFFIXES):
+        if not f.is_file() or f.name in (INDEX_NAME, REPORT_NAME) or f.name.endswith(WEIGHT_SUFFIXES):
             continue
         shutil.copyfile(f, dst / f.name)
         copied.append(f.name)

@@ -64,6 +64,7 @@ from .select import Selection
 from .skeleton import ModelSkeleton
 from .stats import check_finite_stats, collect_stats
 from .timing import PhaseTimer
+from .transfers import to_device, with_index
 
 __all__ = ["prune_model"]
 
@@ -109,8 +110,7 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
         raise InputError(f"device must be cpu or cuda, got {device}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device cuda was asked for, but torch sees no CUDA device")
-    if device.type == "cuda" and device.index is None:  # some torch.cuda calls refuse "cuda" without an index
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = with_index(device)
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     part = partial_dir(out_dir)
     if out_dir == model_dir or model_dir in out_dir.parents:
@@ -263,9 +263,8 @@ class _Run:
             self._write_block_now(i, entries, next_hidden, layer_report)
 
     def _write_block_now(self, i: int, entries, next_hidden, layer_report) -> None:
-        done = self.host_copies.pop(i, None)
-        if done is not None:  # the pruned matrices' device-to-host copies (block_matrices._to_host)
-            done.synchronize()
+        if i in self.host_copies:  # the pruned matrices' device-to-host copies (transfers.to_host)
+            self.host_copies.pop(i).synchronize()
         write_safetensors(self.part / self.shard_name[i + 1], entries)
         die_if_asked("write", i)
         if next_hidden is _NOT_A_RESUME_POINT:  # progress.json keeps the last resume point
@@ -316,13 +315,7 @@ class _Run:
         cuda = self.device.type == "cuda"
         die_if_asked("read", i)
         tensors = self.skel.read_block(i, pin_memory=cuda)
-        if not cuda:
-            return tensors, None
-        with torch.cuda.stream(self.copy_stream):  # the host->device copy overlaps the current block's compute
-            tensors = {k: t.to(self.device, non_blocking=True) for k, t in tensors.items()}
-            event = torch.cuda.Event()
-            event.record(self.copy_stream)
-        return tensors, event
+        return to_device(tensors, self.device, self.copy_stream) if cuda else (tensors, None)
 
     def execute(self) -> None:
         if self.finalized:
@@ -332,7 +325,7 @@ class _Run:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.d2h_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # block_matrices._to_host
+        self.d2h_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # transfers.to_host
         self.host_copies = {}
         batches, calls, hidden = [], [], []
         if method.needs_calibration and self.start_block < skel.num_blocks:
