@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import FAMILIES, TEXTS
+from tiny_models import FAMILIES, MOE_FAMILIES, TEXTS
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -32,6 +32,28 @@ def test_blocks_and_linears_of_every_family(tiny_model, family):
     # every block's tensors are found under one checkpoint prefix, nothing is left unowned by accident
     assert all(keys for keys in skel.block_keys)
     assert not any(".0." in k for k in skel.other_keys if skel.blocks_path in k)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_names_shortcut_agrees_with_transformers_renaming(tiny_model, family, monkeypatch):
+    """Checkpoints saved under the module tree's own names skip transformers' conversion table;
+    the names must be the ones its renaming rules give, whichever path was taken."""
+    renamed = []
+    original = ModelSkeleton._renamed_names
+
+    def spy(self):
+        renamed.append(family)
+        return original(self)
+
+    monkeypatch.setattr(ModelSkeleton, "_renamed_names", spy)
+    fast = ModelSkeleton(Checkpoint(tiny_model(family)))
+    monkeypatch.setattr(ModelSkeleton, "_checkpoint_names", spy)  # transformers' rules, always
+    slow = ModelSkeleton(Checkpoint(tiny_model(family)))
+    assert fast._names == slow._names
+    if family in (*MOE_FAMILIES, "gpt_neox"):  # experts saved one by one, GPT-NeoX's embed_out
+        assert renamed == [family, family]
+    else:  # saved under the module tree's names: the shortcut
+        assert renamed == [family] and all(name == ckey for name, ckey in fast._names.items())
 
 
 def test_unknown_layout_names_the_paths_tried():
