@@ -27,7 +27,7 @@ import torch
 from ..errors import InputError
 from ..files import atomic_write, atomic_write_json, write_fd
 
-__all__ = ["Checkpoint", "RawTensor", "TensorInfo", "write_index", "write_safetensors"]
+__all__ = ["Checkpoint", "RawTensor", "TensorInfo", "safetensors_filler", "write_index", "write_safetensors"]
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -192,8 +192,11 @@ class Checkpoint:
 
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds.setdefault(path, os.open(path, os.O_RDONLY))
+        if fd is None:  # threads (prefetch, writer, early shard) may race here: one fd is kept
+            new = os.open(path, os.O_RDONLY)
+            fd = self._fds.setdefault(path, new)
+            if fd != new:
+                os.close(new)
         return fd
 
     def read(self, name: str, *, pin_memory: bool = False) -> torch.Tensor:
@@ -268,12 +271,11 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
 TensorSource = Union[torch.Tensor, RawTensor]
 
 
-def write_safetensors(path: Path, tensors: Iterable[tuple[str, TensorSource]], metadata: dict | None = None) -> int:
-    """Write one safetensors file atomically; returns the number of data bytes.
+def safetensors_filler(tensors: Iterable[tuple[str, TensorSource]], metadata: dict | None = None):
+    """(fill, data bytes): fill(fd) writes one safetensors file of `tensors` to the open file fd.
 
     Each entry is a CPU/CUDA tensor or a RawTensor copied byte for byte from an input file.
     """
-    path = Path(path)
     entries = sorted(tensors, key=lambda e: e[0])
     header: dict = {"__metadata__": {"format": "pt", **(metadata or {})}}
     offset = 0
@@ -289,6 +291,7 @@ def write_safetensors(path: Path, tensors: Iterable[tuple[str, TensorSource]], m
         offset += nbytes
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     hbytes += b" " * (-len(hbytes) % 8)  # the format pads the header so data starts 8-byte aligned
+
     def fill(fd: int) -> None:
         write_fd(fd, struct.pack("<Q", len(hbytes)) + hbytes)
         for _, src in entries:
@@ -297,8 +300,14 @@ def write_safetensors(path: Path, tensors: Iterable[tuple[str, TensorSource]], m
             else:
                 write_fd(fd, _tensor_bytes(src))
 
-    atomic_write(path, fill)
-    return offset
+    return fill, offset
+
+
+def write_safetensors(path: Path, tensors: Iterable[tuple[str, TensorSource]], metadata: dict | None = None) -> int:
+    """Write one safetensors file atomically (safetensors_filler); returns the number of data bytes."""
+    fill, nbytes = safetensors_filler(tensors, metadata)
+    atomic_write(Path(path), fill)
+    return nbytes
 
 
 def write_index(out_dir: Path, weight_map: dict[str, str], total_size: int) -> None:

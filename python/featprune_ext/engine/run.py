@@ -46,6 +46,7 @@ from .call_order import call_orders_for_run
 from .capture import capture_block_calls
 from .checkpoint import Checkpoint, RawTensor, write_safetensors
 from .distributed import DistContext
+from .early_shard import start_early_shard
 from .hessian import check_finite_hessians, collect_hessians
 from .layerwise import owl_pass
 from .lock import RunLock
@@ -124,22 +125,27 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
         if part.exists() and not resume:
             raise InputError(f"an unfinished run is in {part}: rerun with --resume to continue it, or delete it")
         ckpt = Checkpoint(model_dir)
+        # the unpruned tensors' shard is copied while the skeleton imports the model's code (early_shard.py)
+        early = start_early_shard(ckpt, part.parent) if dist.is_writer and not dist.enabled and not part.exists() \
+            else None
         try:
             return _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device,
                                  batch_size, progress, dist, compute_dtype, t_start, select or Selection(), notes,
-                                 layerwise)
+                                 layerwise, early)
         finally:
+            if early is not None:
+                early.close()  # dropped unless used; joined before the input files close
             ckpt.close()
 
 
 def _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device, batch_size,
-                  progress, dist, compute_dtype, t_start, select, notes, layerwise=None) -> dict:
+                  progress, dist, compute_dtype, t_start, select, notes, layerwise=None, early=None) -> dict:
     skel = ModelSkeleton(ckpt, compute_dtype)
     if hasattr(calibration, "result"):  # being built in a forked child (api.py) while the skeleton was built
         calibration = calibration.result()
     run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress, dist, select,
                layerwise)
-    run.notes = notes or {}
+    run.notes, run.early_shard = notes or {}, early
     fresh = dist.broadcast_object(not part.exists())  # every rank checked before rank 0 creates it
     try:
         if fresh:
@@ -254,7 +260,9 @@ class _Run:
             self._write_shard0_now()
 
     def _write_shard0_now(self) -> None:
-        write_safetensors(self.part / self.shard_name[0], [(k, RawTensor(self.ckpt, k)) for k in self.skel.other_keys])
+        path, early = self.part / self.shard_name[0], getattr(self, "early_shard", None)
+        if early is None or not early.link(self.skel.other_keys, path):
+            write_safetensors(path, [(k, RawTensor(self.ckpt, k)) for k in self.skel.other_keys])
         self.shard0_done = True
         self.save_progress(len(self.layers), self.act_file)
 
