@@ -3,14 +3,15 @@ very file the usual write gives, or not be used at all, and must leave nothing b
 
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 from tiny_models import FAMILIES
 
 from featprune_ext import cli
-from featprune_ext.engine import ModelSkeleton
+from featprune_ext.engine import ModelSkeleton, early_shard
 from featprune_ext.engine import checkpoint as checkpoint_mod
-from featprune_ext.engine import early_shard
 from featprune_ext.engine.checkpoint import Checkpoint, RawTensor, write_safetensors
 from featprune_ext.engine.early_shard import guess_unpruned_keys, start_early_shard
 
@@ -23,7 +24,7 @@ def _usual_shard(ckpt, keys, path):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_guess_and_copy_match_the_skeleton_on_every_family(tiny_model, tmp_path, family):
     ckpt = Checkpoint(tiny_model(family))
-    early = start_early_shard(ckpt, tmp_path)
+    early = start_early_shard(ckpt, tmp_path / "o.partial")
     assert early is not None  # /tmp here has unnamed files (O_TMPFILE)
     skel = ModelSkeleton(ckpt)
     assert early.keys == skel.other_keys  # the name rule finds exactly what no block owns
@@ -36,7 +37,7 @@ def test_guess_and_copy_match_the_skeleton_on_every_family(tiny_model, tmp_path,
 
 def test_a_wrong_guess_is_dropped_and_leaves_nothing(tiny_model, tmp_path):
     ckpt = Checkpoint(tiny_model("llama"))
-    early = start_early_shard(ckpt, tmp_path)
+    early = start_early_shard(ckpt, tmp_path / "o.partial")
     keys = [*early.keys, "model.layers.0.input_layernorm.weight"]
     assert not early.link(keys, tmp_path / "shard.safetensors")
     assert list(tmp_path.iterdir()) == [] and early.fd == -1
@@ -49,7 +50,7 @@ def test_a_failed_copy_is_not_used(tiny_model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint_mod, "_copy_raw", disk_full)
     ckpt = Checkpoint(tiny_model("llama"))
-    early = start_early_shard(ckpt, tmp_path)
+    early = start_early_shard(ckpt, tmp_path / "o.partial")
     assert not early.link(early.keys, tmp_path / "shard.safetensors")
     assert isinstance(early.error, OSError) and list(tmp_path.iterdir()) == []
 
@@ -64,10 +65,10 @@ def test_no_unnamed_files_or_switched_off_means_no_early_copy(tiny_model, tmp_pa
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(early_shard.os, "open", no_tmpfile)
-    assert start_early_shard(ckpt, tmp_path) is None
+    assert start_early_shard(ckpt, tmp_path / "o.partial") is None
     monkeypatch.setattr(early_shard.os, "open", real_open)
     monkeypatch.setenv("FEATPRUNE_EARLY_SHARD", "0")
-    assert start_early_shard(ckpt, tmp_path) is None
+    assert start_early_shard(ckpt, tmp_path / "o.partial") is None
 
 
 def test_guess_skips_numbered_components():
@@ -100,3 +101,25 @@ def test_engine_output_is_the_same_with_and_without_the_early_copy(tiny_model, c
     for name in files:
         assert (tmp_path / "early" / name).read_bytes() == (tmp_path / "usual" / name).read_bytes(), name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["early", "usual"]  # no stray files beside the outputs
+
+
+def test_kill_before_the_copy_is_linked_leaves_nothing(tiny_model, calib_jsonl, tmp_path):
+    out = tmp_path / "o"
+    args = [sys.executable, "-m", "featprune_ext.cli", "prune", str(tiny_model("llama")), "--out", str(out),
+            "--calib-texts", str(calib_jsonl), "--nsamples", "4", "--seqlen", "24", "--sparsity", "0.5",
+            "--no-progress", "-q"]
+    killed = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "FEATPRUNE_TEST_DIE_AT": "skeleton:0"})
+    assert killed.returncode == -9, killed.stderr
+    # the copy was made (an unnamed file) and died with the process; kill -9 leaves only the lock file
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["o.lock"])
+
+
+def test_resumed_or_distributed_runs_copy_nothing_early(tiny_model, tmp_path):
+    class Dist:
+        enabled = True
+
+    ckpt = Checkpoint(tiny_model("llama"))
+    assert start_early_shard(ckpt, tmp_path / "o.partial", Dist()) is None
+    (tmp_path / "o.partial").mkdir()  # a run to resume: its shard 0 is written (or not) already
+    assert start_early_shard(ckpt, tmp_path / "o.partial") is None

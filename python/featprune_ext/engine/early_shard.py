@@ -78,13 +78,16 @@ class EarlyShard:
             self.fd = -1
 
 
-def start_early_shard(ckpt: Checkpoint, directory: Path) -> EarlyShard | None:
-    """An EarlyShard, or None where unnamed files are not available (or FEATPRUNE_EARLY_SHARD=0)."""
-    if os.environ.get("FEATPRUNE_EARLY_SHARD") == "0" or not hasattr(os, "O_TMPFILE"):
+def start_early_shard(ckpt: Checkpoint, part: Path, dist=None) -> EarlyShard | None:
+    """An EarlyShard copying into the folder of `part` (the run's OUT.partial/) for a fresh run by a
+    single process; None for a resumed or distributed run, where unnamed files are not available,
+    or with FEATPRUNE_EARLY_SHARD=0."""
+    part = Path(part)
+    if part.exists() or (dist is not None and dist.enabled) or os.environ.get("FEATPRUNE_EARLY_SHARD") == "0":
         return None
-    if not os.path.isdir("/proc/self/fd") or not guess_unpruned_keys(ckpt):
+    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd") or not guess_unpruned_keys(ckpt):
         return None
     try:
-        return EarlyShard(ckpt, Path(directory))
+        return EarlyShard(ckpt, part.parent)
     except OSError:  # e.g. EOPNOTSUPP: this filesystem has no unnamed files
         return None

@@ -90,7 +90,7 @@ _DIE_AT_ENV = "FEATPRUNE_TEST_DIE_AT"
 
 def die_if_asked(phase: str, i: int) -> None:
     """Fault injection for tests: kill this process at `phase` of block i when FEATPRUNE_TEST_DIE_AT is
-    "phase:i" (read, stats, write, rename), with SIGKILL or FEATPRUNE_TEST_SIGNAL (e.g. INT for Ctrl-C)."""
+    "phase:i" (skeleton, read, stats, write, rename), with SIGKILL or FEATPRUNE_TEST_SIGNAL (e.g. INT for Ctrl-C)."""
     if os.environ.get(_DIE_AT_ENV) == f"{phase}:{i}":
         os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("FEATPRUNE_TEST_SIGNAL", "KILL")))
         time.sleep(5)  # a catchable signal is handled in the main thread: wait for it here

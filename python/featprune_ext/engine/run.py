@@ -125,9 +125,7 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
         if part.exists() and not resume:
             raise InputError(f"an unfinished run is in {part}: rerun with --resume to continue it, or delete it")
         ckpt = Checkpoint(model_dir)
-        # the unpruned tensors' shard is copied while the skeleton imports the model's code (early_shard.py)
-        early = start_early_shard(ckpt, part.parent) if dist.is_writer and not dist.enabled and not part.exists() \
-            else None
+        early = start_early_shard(ckpt, part, dist)  # copies the unpruned tensors during the skeleton's imports
         try:
             return _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device,
                                  batch_size, progress, dist, compute_dtype, t_start, select or Selection(), notes,
@@ -141,6 +139,7 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
 def _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device, batch_size,
                   progress, dist, compute_dtype, t_start, select, notes, layerwise=None, early=None) -> dict:
     skel = ModelSkeleton(ckpt, compute_dtype)
+    die_if_asked("skeleton", 0)  # the early shard is copied by now, and not linked yet
     if hasattr(calibration, "result"):  # being built in a forked child (api.py) while the skeleton was built
         calibration = calibration.result()
     run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress, dist, select,
