@@ -430,7 +430,7 @@ class _Run:
         if method.needs_calibration and i + 1 < skel.num_blocks:
             with self.timer.phase("pruned_pass_s", sync=True):
                 hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1
-                if not resume_point_due(self, i, hidden):
+                if not resume_point_due(self, i):
                     next_hidden = _NOT_A_RESUME_POINT
                 else:
                     next_hidden = [h.to("cpu") for h in hidden] if device.type == "cuda" else hidden
