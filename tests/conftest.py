@@ -14,15 +14,6 @@ def _token_cache_in_tmp(tmp_path_factory):
     os.environ.pop("FEATPRUNE_TOKEN_CACHE", None)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _every_block_a_resume_point():
-    """Tests kill and resume runs of tiny models whose blocks take milliseconds: every block is a resume
-    point (engine/resume.py; by default one at most every 60 s). test_engine_resume.py checks the default."""
-    os.environ["FEATPRUNE_RESUME_INTERVAL_S"] = "0"
-    yield
-    os.environ.pop("FEATPRUNE_RESUME_INTERVAL_S", None)
-
-
 # -- shared models for the engine tests (built once per session) -------------------------------
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):

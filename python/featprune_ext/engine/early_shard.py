@@ -35,8 +35,6 @@ class EarlyShard:
 
     def __init__(self, ckpt: Checkpoint, directory: Path):
         self.keys = guess_unpruned_keys(ckpt)
-        for k in self.keys:  # open the input files here, not on two threads at once
-            ckpt._fd(ckpt.info(k).path)
         fill, _ = safetensors_filler([(k, RawTensor(ckpt, k)) for k in self.keys])
         self.fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
         self.error: BaseException | None = None

@@ -159,23 +159,23 @@ def finish_run(run, model_dir: Path, out_dir: Path, t_start: float) -> dict:
     return report
 
 
-# A block's saved outputs (the next block's inputs) make it a resume point. Saving them costs about what
-# writing the block's shard costs, more on a GPU (128 x 2048 tokens of a 7B model are 2 GiB a block,
-# five times its shard), and on a small CPU the writes take time from the forward passes (Gemma 3 270M,
-# 16 texts: 2 s of a 37 s run when every block was one). So a block is a resume point only once
-# FEATPRUNE_RESUME_INTERVAL_S seconds (default 60) have passed since the last one: a crash loses at most
-# that much work, which --resume redoes bit for bit. Blocks slower than that (a 7B model on a CPU) are
-# all resume points, and so is every block of a distributed run.
+# A block's saved outputs make it a resume point. When they are large next to the block's weights (e.g.
+# 128 x 2048 tokens of a 7B model: 2 GiB per block, five times its shard), saving them every block would
+# cost more than the block's compute on a GPU, so such blocks become resume points at most every
+# FEATPRUNE_RESUME_INTERVAL_S seconds (default 60); the blocks after the last resume point are redone,
+# bit for bit, by --resume. Small activations (and distributed runs) make every block a resume point.
 _RESUME_INTERVAL_ENV = "FEATPRUNE_RESUME_INTERVAL_S"
 
 
-def resume_point_due(run, i: int) -> bool:
+def resume_point_due(run, i: int, hidden) -> bool:
     """Whether block i's outputs are saved (see _RESUME_INTERVAL_ENV)."""
     now = time.perf_counter()
     last = getattr(run, "t_resume_point", None) or getattr(run, "t_execute", now)
+    act = sum(h.numel() * h.element_size() for h in hidden)
+    weights = sum(run.ckpt.info(k).nbytes for k in run.skel.block_keys[i])
     interval = float(os.environ.get(_RESUME_INTERVAL_ENV, "60"))
     every = os.environ.get("FEATPRUNE_TEST_RESUME_EVERY")  # tests: resume points at blocks k-1, 2k-1, ...
-    due = (i + 1) % int(every) == 0 if every else now - last >= interval
+    due = (i + 1) % int(every) == 0 if every else act <= 2 * weights or now - last >= interval
     if run.dist.enabled or due:
         run.t_resume_point = now
         return True

@@ -139,7 +139,7 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
 def _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity, pattern, device, batch_size,
                   progress, dist, compute_dtype, t_start, select, notes, layerwise=None, early=None) -> dict:
     skel = ModelSkeleton(ckpt, compute_dtype)
-    die_if_asked("skeleton", 0)  # the early shard is copied by now, and not linked yet
+    die_if_asked("skeleton", 0)  # the early shard's unnamed copy exists, and is not linked yet
     if hasattr(calibration, "result"):  # being built in a forked child (api.py) while the skeleton was built
         calibration = calibration.result()
     run = _Run(skel, part, calibration, method, sparsity, pattern, device, batch_size, progress, dist, select,
@@ -430,7 +430,7 @@ class _Run:
         if method.needs_calibration and i + 1 < skel.num_blocks:
             with self.timer.phase("pruned_pass_s", sync=True):
                 hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1
-                if not resume_point_due(self, i):
+                if not resume_point_due(self, i, hidden):
                     next_hidden = _NOT_A_RESUME_POINT
                 else:
                     next_hidden = [h.to("cpu") for h in hidden] if device.type == "cuda" else hidden

@@ -123,7 +123,7 @@ class ModelSkeleton:
     def _checkpoint_names(self) -> dict[str, str]:
         """model parameter name -> checkpoint key. A checkpoint saved under the module tree's own
         names (most are) needs no renaming, which skips building transformers' conversion table
-        (about 0.5 s, most of the skeleton's time); others go through _renamed_names."""
+        (0.14 s for Gemma 3 on a 2-core CPU, 40% of the skeleton); others go through _renamed_names."""
         meta = self.model.state_dict()
         if all(ckey in meta for ckey in self.ckpt.tensors):
             names = {ckey: ckey for ckey in self.ckpt.tensors}
