@@ -18,6 +18,8 @@ from .moe import check_no_fused_experts, unfuse_experts
 
 __all__ = ["ModelSkeleton", "check_finite"]
 
+_CHECK_CHUNK = 1 << 22  # elements per exact isfinite pass: bounded temporary memory on huge tensors
+
 
 def check_finite(key: str, t: torch.Tensor) -> None:
     """NonFiniteError if a floating-point tensor read from the checkpoint holds NaN or inf.
@@ -30,9 +32,10 @@ def check_finite(key: str, t: torch.Tensor) -> None:
     flat = t.reshape(-1)
     if bool(torch.isfinite(flat.sum(dtype=torch.float32))):
         return
-    bad = int((~torch.isfinite(flat)).sum())
+    chunks = [flat[s:s + _CHECK_CHUNK] for s in range(0, flat.numel(), _CHECK_CHUNK)]  # bounded temporaries
+    bad = sum(int((~torch.isfinite(c)).sum()) for c in chunks)
     if bad:
-        kind = "NaN" if bool(torch.isnan(flat).any()) else "inf"
+        kind = "NaN" if any(bool(torch.isnan(c).any()) for c in chunks) else "inf"
         raise NonFiniteError(f"checkpoint tensor {key!r} holds {bad} non-finite value(s) ({kind} among them): "
                              "the input model is corrupt (or was saved from a diverged run) and cannot be pruned")
 
