@@ -114,6 +114,15 @@ MUTANTS = [
            "cli/__init__.py",
            [("                stream.flush()", "                pass  # MUTANT")],
            ["tests/cli/test_console_exit.py::test_console_main_exit_keeps_code_output_and_handlers[fast-ok]"]),
+    Mutant("early-shard-guess-unchecked", "the early copy of the unpruned tensors is linked in without checking "
+           "that the name guess equals the skeleton's other_keys",
+           "engine/early_shard.py",
+           [("if self.error is not None or sorted(keys) != self.keys:", "if self.error is not None:  # MUTANT")],
+           ["tests/engine/test_early_shard.py::test_a_wrong_guess_is_dropped_and_leaves_nothing"]),
+    Mutant("finite-sum-trusted", "a non-finite sum of finite weights (an overflow) is reported as corrupt weights",
+           "engine/skeleton.py",
+           [("    if bad:\n        kind =", "    if True:  # MUTANT\n        kind =")],
+           ["tests/engine/test_engine_units.py::test_check_finite_accepts_finite_values_whose_sum_overflows[fp32]"]),
     # --slow: the same class of bug seen by the real 2-rank gloo run (tests/helpers/dist_probe.py)
     Mutant("absmax-summed", "absmax is all-reduced with SUM instead of MAX",
            "engine/distributed.py",
