@@ -61,6 +61,7 @@ def prune_child(args) -> int:
     import torch
 
     from featprune_ext.engine import prune_model
+    from featprune_ext.engine.transfers import with_index
     from featprune_ext.methods import Wanda
 
     device = device_of(args.device)
@@ -69,8 +70,7 @@ def prune_child(args) -> int:
         total = torch.cuda.get_device_properties(device).total_memory
         cap = int(args.cap_gib * GIB)
         # torch 2.11 wants an index here ("cuda" alone is refused)
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        torch.cuda.set_per_process_memory_fraction(min(cap / total, 1.0), index)
+        torch.cuda.set_per_process_memory_fraction(min(cap / total, 1.0), with_index(device))
     calib = calibration(Path(args.calib))
     out = Path(args.out)
     t0 = time.perf_counter()

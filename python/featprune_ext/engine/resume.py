@@ -26,7 +26,7 @@ from .report import peak_rss_bytes
 from .skeleton import ModelSkeleton
 
 __all__ = ["PROGRESS_NAME", "REPORT_NAME", "BackgroundWriter", "copy_side_files", "die_if_asked", "finish_run",
-           "partial_dir", "resume_point_due", "run_fingerprint"]
+           "load_progress", "partial_dir", "resume_point_due", "run_fingerprint", "save_progress"]
 
 PROGRESS_NAME = "progress.json"
 REPORT_NAME = "featprune.json"
@@ -180,3 +180,31 @@ def resume_point_due(run, i: int, hidden) -> bool:
         run.t_resume_point = now
         return True
     return False
+
+
+def save_progress(run, blocks_done: int, act_file: str | None) -> None:
+    """Write `run`'s progress record (PROGRESS_NAME): what --resume needs to continue it."""
+    atomic_write_json(run.prog_path, {"fingerprint": run.fingerprint, "blocks_done": blocks_done,
+                                      "shard0_done": run.shard0_done, "layers": run.layers,
+                                      "activations": act_file, "layerwise": run.layerwise_info,
+                                      "batch_size": run.batch_size})
+
+
+def load_progress(run) -> None:
+    """Continue `run` from its progress record; InputError when it is missing or from other settings."""
+    if not run.prog_path.exists() and (run.part / REPORT_NAME).exists():
+        run.finalized = True  # killed between the report and the rename: only the rename is left
+        return
+    try:
+        prog = json.loads(run.prog_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise InputError(f"{run.part} has no readable {PROGRESS_NAME}; delete it and start again") from None
+    if prog.get("fingerprint") != run.fingerprint:
+        raise InputError(f"{run.part} was made with a different model, calibration set or settings; "
+                         "delete it or rerun with the original arguments")
+    run.start_block, run.layers = prog["blocks_done"], prog["layers"]
+    run.shard0_done, run.act_file = prog["shard0_done"], prog.get("activations")
+    run.resumed_from = run.start_block
+    if run.batch_request == AUTO and isinstance(prog.get("batch_size"), int):
+        run.batch_size = prog["batch_size"]  # the same batches as before the interruption
+    run.layerwise_info = prog.get("layerwise")  # a resumed run keeps its per-block targets

@@ -16,7 +16,6 @@ record. Output goes to OUT.partial/ and is renamed to OUT at the very end.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -29,7 +28,7 @@ import torch
 
 from ..data.calibration_set import CalibrationSet
 from ..errors import InputError, NonFiniteError
-from ..files import atomic_save_torch, atomic_write_json
+from ..files import atomic_save_torch
 from ..methods import PruneMethod
 from .batches import (
     AUTO,
@@ -53,13 +52,14 @@ from .lock import RunLock
 from .report import block_error, numel, peak_rss_bytes
 from .resume import (
     PROGRESS_NAME,
-    REPORT_NAME,
     BackgroundWriter,
     die_if_asked,
     finish_run,
+    load_progress,
     partial_dir,
     resume_point_due,
     run_fingerprint,
+    save_progress,
 )
 from .select import Selection
 from .skeleton import ModelSkeleton
@@ -150,11 +150,11 @@ def _prune_locked(ckpt, model_dir, out_dir, part, calibration, method, sparsity,
         if fresh:
             if dist.is_writer:
                 part.mkdir(parents=True)
-                run.save_progress(0, None)
+                save_progress(run, 0, None)
             dist.barrier()
             run.execute()
         else:
-            run.load_progress()
+            load_progress(run)
             run.execute()
     except NonFiniteError as exc:
         # The same input fails the same way on every rerun: keep nothing that invites --resume.
@@ -213,7 +213,7 @@ class _Run:
             self.fingerprint += f"-{layerwise.fingerprint()}"
         self.prog_path = part / PROGRESS_NAME
         self.start_block, self.layers, self.shard0_done, self.act_file = 0, [], False, None
-        self.finalized = False
+        self.finalized, self.early_shard = False, None  # early_shard: set by _prune_locked (early_shard.py)
         total = skel.num_blocks + 1
         self.shard_name = [f"model-{j + 1:05d}-of-{total:05d}.safetensors" for j in range(total)]
         self.t_capture = 0.0
@@ -221,31 +221,6 @@ class _Run:
         # device-to-host copies running beside it on their own streams
         self.timer = PhaseTimer(sync=(lambda: torch.cuda.current_stream(device).synchronize())
                                 if device.type == "cuda" else None)
-
-    # -- progress record --
-    def save_progress(self, blocks_done: int, act_file: str | None) -> None:
-        atomic_write_json(self.prog_path, {"fingerprint": self.fingerprint, "blocks_done": blocks_done,
-                                           "shard0_done": self.shard0_done, "layers": self.layers,
-                                           "activations": act_file, "layerwise": self.layerwise_info,
-                                           "batch_size": self.batch_size})
-
-    def load_progress(self) -> None:
-        if not self.prog_path.exists() and (self.part / REPORT_NAME).exists():
-            self.finalized = True  # killed between the report and the rename: only the rename is left
-            return
-        try:
-            prog = json.loads(self.prog_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise InputError(f"{self.part} has no readable {PROGRESS_NAME}; delete it and start again") from None
-        if prog.get("fingerprint") != self.fingerprint:
-            raise InputError(f"{self.part} was made with a different model, calibration set or settings; "
-                             "delete it or rerun with the original arguments")
-        self.start_block, self.layers = prog["blocks_done"], prog["layers"]
-        self.shard0_done, self.act_file = prog["shard0_done"], prog.get("activations")
-        self.resumed_from = self.start_block
-        if self.batch_request == AUTO and isinstance(prog.get("batch_size"), int):
-            self.batch_size = prog["batch_size"]  # the same batches as before the interruption
-        self.layerwise_info = prog.get("layerwise")  # a resumed run keeps its per-block targets
 
     def _auto_batch_size(self) -> int:
         """--batch-size auto: from the memory available now (batches.auto_batch_size); rank 0 decides."""
@@ -259,11 +234,11 @@ class _Run:
             self._write_shard0_now()
 
     def _write_shard0_now(self) -> None:
-        path, early = self.part / self.shard_name[0], getattr(self, "early_shard", None)
-        if early is None or not early.link(self.skel.other_keys, path):
+        path = self.part / self.shard_name[0]
+        if self.early_shard is None or not self.early_shard.link(self.skel.other_keys, path):
             write_safetensors(path, [(k, RawTensor(self.ckpt, k)) for k in self.skel.other_keys])
         self.shard0_done = True
-        self.save_progress(len(self.layers), self.act_file)
+        save_progress(self, len(self.layers), self.act_file)
 
     def _write_block(self, i: int, entries, next_hidden, layer_report) -> None:
         with self.timer.phase("write_s"):
@@ -283,7 +258,7 @@ class _Run:
             atomic_save_torch(self.part / new_act, next_hidden)
         self.layers.append(layer_report)
         self.act_file = new_act
-        self.save_progress(i + 1, new_act)
+        save_progress(self, i + 1, new_act)
         for old in self.part.glob("activations-*.pt"):  # the previous block's inputs are no longer needed
             if not old.name.startswith(f"activations-{i + 1:05d}"):
                 old.unlink()
@@ -341,7 +316,7 @@ class _Run:
                 hidden = owl_pass(self, self.layerwise, batches, calls, hidden)
                 self.timer.add("owl_pass_s", self.layerwise_info["time_s"])
                 if self.dist.is_writer:
-                    self.save_progress(0, None)
+                    save_progress(self, 0, None)
         writer = BackgroundWriter()
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featprune-prefetch")
         die_after = os.environ.get(_DIE_ENV)
