@@ -2,7 +2,7 @@
 // memcpy of the same bytes, on random normal weights or on a matrix dumped from a checkpoint.
 // A/B of two versions of csrc/cpu/prune_rows.cpp (e.g. `git show 438bb86:csrc/cpu/prune_rows.cpp > old.cpp`):
 //
-//   g++ -O3 -fopenmp -std=c++17 -DFEATPRUNE_OPENMP=1 -I csrc/include bench/prune_rows_harness.cpp csrc/cpu/prune_rows.cpp -o kh
+//   g++ -O3 -fopenmp -std=c++17 -DFEATPRUNE_OPENMP=1 -I csrc/include bench/prune_rows_harness.cpp csrc/cpu/prune_rows.cpp csrc/cpu/prune_rows_avx512.cpp -o kh
 //   OMP_NUM_THREADS=2 [PATTERN=2:4] ./kh ROWS COLS ITERS [MATRIX.bin]
 //
 // MATRIX.bin: ROWS x COLS bf16, row-major, e.g. from Python:

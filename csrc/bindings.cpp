@@ -71,6 +71,7 @@ py::dict build_info() {
   info["version"] = FEATPRUNE_VERSION;
   info["cuda"] = featprune::cuda_compiled();
   info["cuda_archs"] = featprune::cuda_compiled() ? std::string(FEATPRUNE_CUDA_ARCHS) : std::string();
+  info["cpu_prune_path"] = std::string(featprune::prune_rows_cpu_path());
 #ifdef FEATPRUNE_OPENMP
   info["openmp"] = true;
   info["openmp_max_threads"] = omp_get_max_threads();

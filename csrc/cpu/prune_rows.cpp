@@ -35,15 +35,10 @@
 #include <limits>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define FEATPRUNE_X86_SIMD 1
-#define FEATPRUNE_AVX2 __attribute__((target("avx2,f16c,popcnt")))
-#endif
-
 #include "featprune/dtype_traits.h"
 #include "featprune/score.h"
 #include "featprune/kernels.h"
+#include "prune_rows_x86.h"
 
 namespace featprune {
 namespace {
@@ -223,14 +218,11 @@ void check_args(const PruneRowsArgs& a) {
   }
 }
 
+}  // namespace
 
 #ifdef FEATPRUNE_X86_SIMD
-namespace simd {
-
-constexpr size_t kPad = 32;  // compress8 writes, and order_stats reads, up to 32 keys past the count
-constexpr int64_t kMinSampledCols = 512;  // narrower rows go straight to the radix select
-constexpr int64_t kSamples = 64;
-constexpr double kSpread = 2.0;  // bracket half-width in standard deviations of the sample rank
+namespace x86 {
+namespace {
 
 // For each 8-bit lane mask, the indices of its set lanes packed from the low byte.
 struct CompressTable {
@@ -246,40 +238,6 @@ struct CompressTable {
   }
 };
 const CompressTable kCompress;
-
-// Read-only per call, shared by the threads.
-struct CallData {
-  std::vector<uint32_t> prot_or;   // per column: 0, or 0xFFFFFFFF where protected
-  std::vector<int64_t> sample_pos; // fixed pseudo-random columns (empty: no sampling)
-  int64_t sample_lo = -1, sample_hi = 0;  // bracket ranks in the sorted sample (-1 / size: open)
-};
-
-struct Scratch {
-  std::vector<uint32_t> keys, a, b, sample, hist;
-  std::vector<uint8_t> flags;
-  const char* prefetch = nullptr;  // the next row's weights, fetched during this row's selection
-  size_t prefetch_bytes = 0;
-  // Threshold / mean score of the rows this thread selected so far (a running average), and the
-  // running mean relative error of that ratio as a predictor: see predicted_bracket().
-  float ratio = 0.0f, ratio_err = 1.0f;
-  int rows_seen = 0;
-  explicit Scratch(int64_t cols, size_t samples)
-      : keys(size_t(cols) + kPad), a(size_t(cols) + kPad), b(size_t(cols) + kPad), sample(samples + kPad),
-        hist(4 * 256), flags(size_t(cols) + kPad) {}
-};
-
-template <DType D>
-inline float load1(const void* base, int64_t j) {
-  if constexpr (D == DType::kFloat32) return static_cast<const float*>(base)[j];
-  else if constexpr (D == DType::kFloat16) return fp16_bits_to_float(static_cast<const uint16_t*>(base)[j]);
-  else return bf16_bits_to_float(static_cast<const uint16_t*>(base)[j]);
-}
-
-template <DType D>
-inline void zero1(void* base, int64_t j) {
-  if constexpr (D == DType::kFloat32) static_cast<float*>(base)[j] = 0.0f;
-  else static_cast<uint16_t*>(base)[j] = 0;
-}
 
 template <DType D>
 FEATPRUNE_AVX2 inline __m256 load8(const void* base, int64_t j) {
@@ -337,10 +295,6 @@ FEATPRUNE_AVX2 inline size_t compress8(uint32_t* dst, size_t m, __m256i x, __m25
   const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kCompress.idx[mask])));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + m), _mm256_permutevar8x32_epi32(x, perm));
   return m + size_t(_mm_popcnt_u32(mask));
-}
-
-inline const char* row_ptr(const PruneRowsArgs& a, int64_t row, size_t elem) {
-  return static_cast<const char*>(a.weight.data) + row * a.weight.row_stride * int64_t(elem);
 }
 
 // ---- N:M, contiguous rows, m in {1, 2, 4, 8} ----
@@ -496,9 +450,11 @@ FEATPRUNE_AVX2 void order_stats(const uint32_t* x, size_t n, size_t p1, size_t p
   *v2 = *std::max_element(t2, t2 + 8);
 }
 
-// The key of 0-based rank `rank` in the row (s.keys), how many keys are smaller, how many equal.
+}  // namespace
+
 FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int64_t rank, uint32_t* threshold,
-                               int64_t* n_less, int64_t* n_equal, bool predicted, uint32_t plo, uint32_t phi) {
+                               int64_t* n_less, int64_t* n_equal, bool predicted, uint32_t plo, uint32_t phi,
+                               BracketPass pass) {
   const uint32_t* keys = s.keys.data();
   uint32_t lo = 0, hi = 0xFFFFFFFFu;
   int64_t before = 0, r = rank;
@@ -507,7 +463,7 @@ FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int
   // target rank falls among them.
   auto try_bracket = [&](uint32_t blo, uint32_t bhi) {
     int64_t below = 0;
-    const size_t m = bracket_pass(keys, size_t(cols), blo, bhi, s.a.data(), &below, s.prefetch, s.prefetch_bytes);
+    const size_t m = pass(keys, size_t(cols), blo, bhi, s.a.data(), &below, s.prefetch, s.prefetch_bytes);
     if (!(below <= rank && rank < below + int64_t(m))) return false;
     lo = blo;
     hi = bhi;
@@ -581,43 +537,15 @@ FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int
   *n_equal = equal;
 }
 
-inline float key_float(uint32_t key) {
-  float f;
-  std::memcpy(&f, &key, sizeof f);
-  return f;
+int64_t tie_cut(const uint32_t* keys, int64_t cols, uint32_t v, int64_t k, int64_t n_less, int64_t n_equal) {
+  int64_t ties_left = k - n_less;
+  if (ties_left >= n_equal) return cols;
+  if (ties_left <= 0) return 0;  // cannot happen (v has rank k - 1); keeps the loop bounded
+  for (int64_t c = 0;; ++c)
+    if (keys[c] == v && --ties_left == 0) return c + 1;
 }
 
-inline uint32_t float_key(float f) {
-  uint32_t key;
-  std::memcpy(&key, &f, sizeof key);
-  return key;
-}
-
-// Wanda's threshold of a row, divided by the row's mean score, is nearly the same from row to row
-// (the rows' score distributions differ mostly by scale), so previous rows predict this row's
-// threshold far better than a 64-key sample does: the bracket around it holds a few % of the row
-// instead of ~28%, and the radix select after it has little left to do. Only a speed-up: a miss
-// (the k-th key outside the bracket) falls back to the sample's bracket, the result is the same.
-inline bool predicted_bracket(const Scratch& s, float mean, uint32_t* lo, uint32_t* hi) {
-  if (s.rows_seen < 4 || !(s.ratio_err < 0.08f) || !(mean > 0.0f) || !std::isfinite(mean)) return false;
-  const float t = s.ratio * mean, width = std::max(0.01f, 3.0f * s.ratio_err);
-  *lo = float_key(t * (1.0f - width));
-  *hi = float_key(t * (1.0f + width));
-  return true;
-}
-
-inline void update_ratio(Scratch& s, float mean, uint32_t threshold) {
-  if (threshold >= 0x7F800000u || !(mean > 0.0f) || !std::isfinite(mean)) return;  // inf, NaN, protected
-  const float r = key_float(threshold) / mean;
-  if (s.rows_seen == 0) {
-    s.ratio = r;
-  } else {
-    const float err = std::fabs(r / s.ratio - 1.0f);  // NaN when ratio is 0: disables the prediction
-    s.ratio_err = s.rows_seen == 1 ? err : 0.75f * s.ratio_err + 0.25f * err;
-    s.ratio = 0.75f * s.ratio + 0.25f * r;
-  }
-  ++s.rows_seen;
-}
+namespace {
 
 template <DType D>
 FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd, Scratch& s, int64_t row,
@@ -664,15 +592,10 @@ FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd,
   s.prefetch = next ? row_ptr(a, row + 1, elem) : nullptr;
   s.prefetch_bytes = next ? size_t(cols) * elem : 0;
   const bool predicted = cols >= kMinSampledCols && predicted_bracket(s, mean, &plo, &phi);
-  select_row(s, cd, cols, k - 1, &v, &n_less, &n_equal, predicted, plo, phi);
+  select_row(s, cd, cols, k - 1, &v, &n_less, &n_equal, predicted, plo, phi, bracket_pass);
   update_ratio(s, mean, v);
   // Pruned: keys < v, and keys == v in columns < cut (the first k - n_less of them).
-  int64_t ties_left = k - n_less, cut = cols;
-  if (ties_left < n_equal) {
-    cut = 0;
-    for (int64_t c = 0; ties_left > 0; ++c)
-      if (keys[c] == v && --ties_left == 0) cut = c + 1;
-  }
+  const int64_t cut = tie_cut(keys, cols, v, k, n_less, n_equal);
   const __m256i vv = _mm256_set1_epi32(int32_t(v));
   j = 0;
   if (cut == cols) {  // every key == v goes: the common case
@@ -706,15 +629,27 @@ FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd,
       if (flags[c]) zero1<D>(w, c * cs);
 }
 
-bool usable(const PruneRowsArgs& a) {
-  static const bool cpu_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
-                             __builtin_cpu_supports("popcnt");
-  if (!cpu_ok) return false;
+enum class Level { kPortable, kAvx2, kAvx512 };
+
+// The widest path this CPU has that FEATPRUNE_CPU_SIMD allows: "0" none (the portable path), "avx2"
+// AVX2 at most, anything else (or unset) the best available. Read on every call, so tests can
+// compare the paths in one process.
+Level cpu_level() {
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+                           __builtin_cpu_supports("popcnt");
+  if (!avx2) return Level::kPortable;
   const char* env = std::getenv("FEATPRUNE_CPU_SIMD");
-  if (env && env[0] == '0') return false;
-  if (a.weight.cols >= (int64_t(1) << 31) - 16) return false;
-  if (a.m > 0) return a.weight.col_stride == 1 && (a.m == 1 || a.m == 2 || a.m == 4 || a.m == 8);
-  return true;
+  if (env && env[0] == '0') return Level::kPortable;
+  if (env && std::strcmp(env, "avx2") == 0) return Level::kAvx2;
+  return avx512_usable() ? Level::kAvx512 : Level::kAvx2;
+}
+
+// The path for this call: the CPU's, unless the shape needs the portable one.
+Level call_level(const PruneRowsArgs& a) {
+  if (a.weight.cols >= (int64_t(1) << 31) - 16) return Level::kPortable;
+  if (a.m > 0 && !(a.weight.col_stride == 1 && (a.m == 1 || a.m == 2 || a.m == 4 || a.m == 8)))
+    return Level::kPortable;
+  return cpu_level();
 }
 
 CallData make_call_data(const PruneRowsArgs& a) {
@@ -723,6 +658,11 @@ CallData make_call_data(const PruneRowsArgs& a) {
   cd.prot_or.assign(size_t(cols) + kPad, 0u);
   if (a.protect)
     for (int64_t j = 0; j < cols; ++j) cd.prot_or[j] = a.protect[j] ? kProtectedKey : 0u;
+  cd.prot_bits.assign(size_t(cols) / 16 + kPad, 0);
+  if (a.protect)
+    for (int64_t j = 0; j < cols; ++j) cd.prot_bits[size_t(j / 16)] |= uint16_t((a.protect[j] ? 1u : 0u) << (j % 16));
+  cd.abs_scale.resize(size_t(cols) + kPad, 0.0f);
+  for (int64_t j = 0; j < cols; ++j) cd.abs_scale[j] = std::fabs(a.col_scale[j]);
   if (a.m == 0 && a.k > 0 && cols >= kMinSampledCols) {
     // Sample size ~ cols / 16 (at most 256); the bracket spans the target rank +- 3 standard
     // deviations of its sample estimate, so it misses rarely, and holds ~1/8-1/4 of the row.
@@ -749,8 +689,9 @@ CallData make_call_data(const PruneRowsArgs& a) {
 }
 
 template <DType D>
-void run(const PruneRowsArgs& a) {
+void run(const PruneRowsArgs& a, Level level) {
   const CallData cd = make_call_data(a);
+  const bool wide = level == Level::kAvx512 && a.weight.col_stride == 1;  // AVX-512 rows are contiguous
   const int64_t rows = a.weight.rows, cols = a.weight.cols;
   const bool mask_direct = a.mask_out && a.mask_col_stride == 1;
 #pragma omp parallel
@@ -761,11 +702,11 @@ void run(const PruneRowsArgs& a) {
     for (int64_t row = 0; row < rows; ++row) {
       uint8_t* flags = !a.mask_out ? nullptr : mask_direct ? a.mask_out + row * a.mask_row_stride : s.flags.data();
       switch (a.m) {
-        case 0: unstructured_row<D>(a, cd, s, row, flags); break;
-        case 1: n_m_row<D, 1>(a, cd, row, flags); break;
-        case 2: n_m_row<D, 2>(a, cd, row, flags); break;
-        case 4: n_m_row<D, 4>(a, cd, row, flags); break;
-        default: n_m_row<D, 8>(a, cd, row, flags); break;
+        case 0: wide ? unstructured_row_avx512<D>(a, cd, s, row, flags) : unstructured_row<D>(a, cd, s, row, flags); break;
+        case 1: wide ? n_m_row_avx512<D, 1>(a, cd, row, flags) : n_m_row<D, 1>(a, cd, row, flags); break;
+        case 2: wide ? n_m_row_avx512<D, 2>(a, cd, row, flags) : n_m_row<D, 2>(a, cd, row, flags); break;
+        case 4: wide ? n_m_row_avx512<D, 4>(a, cd, row, flags) : n_m_row<D, 4>(a, cd, row, flags); break;
+        default: wide ? n_m_row_avx512<D, 8>(a, cd, row, flags) : n_m_row<D, 8>(a, cd, row, flags); break;
       }
       if (a.mask_out && !mask_direct) {
         uint8_t* mask = a.mask_out + row * a.mask_row_stride;
@@ -775,20 +716,30 @@ void run(const PruneRowsArgs& a) {
   }
 }
 
-}  // namespace simd
+}  // namespace
+}  // namespace x86
 #endif  // FEATPRUNE_X86_SIMD
 
-}  // namespace
+const char* prune_rows_cpu_path() {
+#ifdef FEATPRUNE_X86_SIMD
+  switch (x86::cpu_level()) {
+    case x86::Level::kAvx512: return "avx512";
+    case x86::Level::kAvx2: return "avx2";
+    case x86::Level::kPortable: break;
+  }
+#endif
+  return "portable";
+}
 
 void prune_rows_cpu(const PruneRowsArgs& a) {
   check_args(a);
   if (a.weight.rows == 0 || a.weight.cols == 0) return;
 #ifdef FEATPRUNE_X86_SIMD
-  if (simd::usable(a)) {
+  if (const x86::Level level = x86::call_level(a); level != x86::Level::kPortable) {
     switch (a.weight.dtype) {
-      case DType::kFloat32: simd::run<DType::kFloat32>(a); return;
-      case DType::kFloat16: simd::run<DType::kFloat16>(a); return;
-      case DType::kBFloat16: simd::run<DType::kBFloat16>(a); return;
+      case DType::kFloat32: x86::run<DType::kFloat32>(a, level); return;
+      case DType::kFloat16: x86::run<DType::kFloat16>(a, level); return;
+      case DType::kBFloat16: x86::run<DType::kBFloat16>(a, level); return;
     }
   }
 #endif

@@ -7,6 +7,18 @@ import torch
 from kernel_cases import DTYPE_IDS, DTYPES, devices, make_scale, make_weight
 
 from featprune_ext import ops, reference
+from featprune_ext._native import native
+
+# The CPU kernel's paths (FEATPRUNE_CPU_SIMD): AVX-512 and AVX2 where the CPU has them, and the portable one.
+CPU_PATHS = pytest.mark.parametrize("simd", ["avx512", "avx2", "0"], ids=["avx512", "avx2", "portable"])
+
+
+def use_cpu_path(monkeypatch, simd: str) -> None:
+    """Select one CPU path for this test; skip when this CPU lacks it (the dispatch would fall back)."""
+    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", simd)
+    want = {"0": "portable"}.get(simd, simd)
+    if native is None or native.build_info()["cpu_prune_path"] != want:
+        pytest.skip(f"this CPU (or build) has no {want} path")
 
 SHAPES = [(1, 1), (7, 13), (33, 64), (769, 257), (5, 5125)]
 SPARSITIES = [0.0, 0.3, 0.5, 0.9]
@@ -46,19 +58,19 @@ def test_unstructured_matches_reference(device, dtype, shape, sparsity):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("weights,scales", [("quantized", "random"), ("normal", "zero_cols"),
                                             ("constant", "ones"), ("quantized", "ones")])
-@pytest.mark.parametrize("simd", ["1", "0"], ids=["simd", "portable"])  # both CPU selection paths
+@CPU_PATHS
 def test_heavy_ties_follow_stable_order(monkeypatch, device, dtype, weights, scales, simd):
-    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", simd)
+    use_cpu_path(monkeypatch, simd)
     w = make_weight(37, 200, dtype, device, kind=weights)
     scale = make_scale(200, device, kind=scales)
     run_and_check(w, scale, sparsity=0.5)
 
 
-@pytest.mark.parametrize("simd", ["1", "0"], ids=["simd", "portable"])
-@pytest.mark.parametrize("cols", [10, 1000])  # 1000: the AVX2 path's sampled bracket
+@CPU_PATHS
+@pytest.mark.parametrize("cols", [10, 1000])  # 1000: the SIMD paths' sampled bracket
 def test_all_equal_scores_prune_the_lowest_columns(monkeypatch, simd, cols):
     # With every score equal, a stable sort keeps the column order: the first k go.
-    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", simd)
+    use_cpu_path(monkeypatch, simd)
     k = cols * 4 // 10
     w = torch.ones(3, cols)
     mask = torch.zeros(3, cols, dtype=torch.bool)
@@ -220,11 +232,12 @@ def test_cuda_recompute_path_without_key_cache(monkeypatch, dtype, weights):
     run_and_check(w, make_scale(769, "cuda"), sparsity=0.5, protect=protect)
 
 
-# The CPU kernel has an AVX2 path (N:M with m in {1, 2, 4, 8} on contiguous rows; sampled
-# bracket + radix select for unstructured rows) and the portable path (FEATPRUNE_CPU_SIMD=0).
-# Both must match the reference bit for bit; these cases reach each branch of the AVX2 path:
-# vector tails, the sampled bracket (>= 512 columns), open-ended brackets, all-equal
-# candidates, tie cuts, NaN/inf, protected columns, -0.0 scales and strided views.
+# The CPU kernel has AVX-512 and AVX2 paths (N:M with m in {1, 2, 4, 8} on contiguous rows;
+# predicted or sampled bracket + radix select for unstructured rows; AVX-512 takes contiguous rows,
+# strided ones go to AVX2) and the portable path (FEATPRUNE_CPU_SIMD=0). All must match the reference
+# bit for bit; these cases reach each branch of the SIMD paths: vector tails (16- and 8-lane), the
+# sampled bracket (>= 512 columns), open-ended brackets, all-equal candidates, tie cuts, NaN/inf,
+# protected columns, -0.0 scales, strided views, and every rank cut of groups of 2 and 4.
 CPU_PATH_CASES = {
     "50%-sampled": dict(shape=(33, 1000), kind="normal", pattern=dict(sparsity=0.5)),
     "odd-rows-cols": dict(shape=(13, 5125), kind="normal", pattern=dict(sparsity=0.3)),
@@ -236,6 +249,12 @@ CPU_PATH_CASES = {
     "nan-inf-protect": dict(shape=(7, 777), kind="nan", pattern=dict(sparsity=0.5), protect=True),
     "transposed": dict(shape=(21, 600), kind="normal", pattern=dict(sparsity=0.5), transposed=True),
     "2:4-tail": dict(shape=(9, 2052), kind="normal", pattern=dict(n=2, m=4)),
+    "2:4-ties-protect": dict(shape=(7, 268), kind="quantized", pattern=dict(n=2, m=4), protect=True),
+    "1:4-ties-protect": dict(shape=(5, 264), kind="quantized", pattern=dict(n=1, m=4), protect=True),
+    "3:4-ties": dict(shape=(5, 260), kind="quantized", pattern=dict(n=3, m=4)),
+    "0:4": dict(shape=(3, 72), kind="quantized", pattern=dict(n=0, m=4)),
+    "4:4-protect": dict(shape=(3, 72), kind="normal", pattern=dict(n=4, m=4), protect=True),
+    "1:2-ties-protect": dict(shape=(5, 130), kind="quantized", pattern=dict(n=1, m=2), protect=True),
     "2:4-ties": dict(shape=(9, 260), kind="quantized", pattern=dict(n=2, m=4)),
     "4:8": dict(shape=(7, 2048), kind="normal", pattern=dict(n=4, m=8)),
     "4:8-ties-protect": dict(shape=(7, 264), kind="quantized", pattern=dict(n=4, m=8), protect=True),
@@ -247,11 +266,11 @@ CPU_PATH_CASES = {
 }
 
 
-@pytest.mark.parametrize("simd", ["1", "0"], ids=["simd", "portable"])
+@CPU_PATHS
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", list(CPU_PATH_CASES), ids=str)
 def test_cpu_paths_match_reference(monkeypatch, simd, dtype, case):
-    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", simd)
+    use_cpu_path(monkeypatch, simd)
     spec = CPU_PATH_CASES[case]
     rows, cols = spec["shape"]
     g = torch.Generator().manual_seed(rows * cols)
@@ -288,12 +307,26 @@ def _rows_that_break_the_prediction(rows: int, cols: int, g: torch.Generator) ->
     return w
 
 
-@pytest.mark.parametrize("simd", ["1", "0"], ids=["simd", "portable"])
+@CPU_PATHS
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("sparsity", [0.5, 0.3, 0.9])
 def test_predicted_bracket_hits_and_misses(monkeypatch, simd, dtype, sparsity):
-    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", simd)
+    use_cpu_path(monkeypatch, simd)
     g = torch.Generator().manual_seed(7)
     w = _rows_that_break_the_prediction(48, 1537, g).to(dtype)
     scale = make_scale(1537, "cpu", kind="random")
     run_and_check(w, scale, sparsity=sparsity)  # rows 10-20 follow steady rows whatever the thread count
+
+
+def test_cpu_path_follows_the_environment(monkeypatch):
+    if native is None:
+        pytest.skip("no native module")
+    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", "0")
+    assert native.build_info()["cpu_prune_path"] == "portable"
+    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", "avx2")
+    assert native.build_info()["cpu_prune_path"] in ("avx2", "portable")  # portable: a CPU without AVX2
+    monkeypatch.delenv("FEATPRUNE_CPU_SIMD")
+    best = native.build_info()["cpu_prune_path"]
+    assert best in ("avx512", "avx2", "portable")
+    monkeypatch.setenv("FEATPRUNE_CPU_SIMD", "avx512")  # asks for the best, like unset
+    assert native.build_info()["cpu_prune_path"] == best

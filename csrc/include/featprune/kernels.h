@@ -54,6 +54,10 @@ struct PruneRowsArgs {
 void accumulate_stats_cpu(const AccumulateStatsArgs& args);
 void prune_rows_cpu(const PruneRowsArgs& args);
 
+// The vector path prune_rows_cpu takes for contiguous rows on this CPU, as FEATPRUNE_CPU_SIMD
+// allows now: "avx512", "avx2" or "portable" (same results on every path).
+const char* prune_rows_cpu_path();
+
 // `stream` is a cudaStream_t passed as void* so this header stays CUDA-free.
 void accumulate_stats_cuda(const AccumulateStatsArgs& args, void* stream);
 void prune_rows_cuda(const PruneRowsArgs& args, void* stream);
