@@ -222,6 +222,7 @@ def build_native(source_rel: str, mutated: Path, native: Path, work: Path) -> Pa
                 if tok == "-MD":
                     continue
                 args.append({original: str(mutated), obj_path: new_obj}.get(tok, tok))
+            args.insert(1, f"-I{(REPO / source_rel).parent}")  # the mutant's own-directory includes (prune_rows_x86.h)
             link = link_cmd.strip()
             link = link[len(": && "):] if link.startswith(": && ") else link
             link = link.split(" && ")[0]  # the link itself; post-build steps (strip) are not needed
