@@ -144,7 +144,8 @@ def main() -> None:
         torch.set_num_threads(1)
         global CLOCK
         CLOCK = time.thread_time
-    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name() if device == "cuda" else \
+        f"CPU x{torch.get_num_threads()} threads, {info.get('cpu_prune_path')} path"
     print(f"# featprune {info['version']} kernels on {where}; torch {torch.__version__}; "
           f"openmp={info['openmp']} cuda={info['cuda']}; medians of {args.repeats}; clock={args.clock}; "
           f"caches {'evicted before each call' if args.cold else 'as left by the previous call'}")

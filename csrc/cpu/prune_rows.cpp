@@ -11,8 +11,8 @@
 // unpredictable, so branching on it would cost a mispredict per weight).
 //
 // That portable path serves strided rows, unusual N:M shapes and CPUs without
-// AVX2. On x86-64 CPUs with AVX2+F16C (checked at run time; FEATPRUNE_CPU_SIMD=0
-// forces the portable path) the AVX2 path below is used instead; same results:
+// AVX2. On x86-64 CPUs with AVX2+F16C (checked at run time) the AVX2 path below
+// is used instead; same results:
 // - N:M with m in {1, 2, 4, 8} on contiguous rows: one fused pass per row. Eight
 //   keys at a time; each entry's rank in its group is counted against the m - 1
 //   rotations of the group (in-lane shuffles for m = 2, 4; a cross-lane permute for m = 8), so
@@ -27,6 +27,9 @@
 //   blends the weights and writes the mask. A bracket that misses (a row unlike
 //   the others, a skewed row) falls back to the sample's bracket, then to a radix
 //   select over the whole row: slower, same result.
+// On CPUs with AVX-512 (F, BW, VL, DQ), contiguous rows go to prune_rows_avx512.cpp
+// instead (the same algorithm at 16 lanes; it shares the selection below through
+// prune_rows_x86.h). FEATPRUNE_CPU_SIMD=avx2 pins the AVX2 path, =0 the portable one.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -336,8 +339,11 @@ FEATPRUNE_AVX2 void n_m_row(const PruneRowsArgs& a, const CallData& cd, int64_t 
   }
   const __m256i bias = _mm256_set1_epi32(int32_t(0x80000000u)), dropv = _mm256_set1_epi32(drop);
   const __m256i all_ones = _mm256_set1_epi32(-1);
+  // The next row's weights are fetched during this row (see n_m_small_row in prune_rows_avx512.cpp).
+  const char* next = row + 1 < a.weight.rows ? row_ptr(a, row + 1, elem) : nullptr;
   int64_t j = 0;
   for (; j + 8 <= cols; j += 8) {
+    if (next && (j * int64_t(elem)) % 64 == 0) _mm_prefetch(next + j * int64_t(elem), _MM_HINT_T0);
     const __m256i key = key8(load8<D>(w, j), scale + j, prot + j);
     const __m256i ks = _mm256_xor_si256(key, bias);  // unsigned order as signed
     __m256i rank = _mm256_setzero_si256();
@@ -658,6 +664,7 @@ CallData make_call_data(const PruneRowsArgs& a) {
   cd.prot_or.assign(size_t(cols) + kPad, 0u);
   if (a.protect)
     for (int64_t j = 0; j < cols; ++j) cd.prot_or[j] = a.protect[j] ? kProtectedKey : 0u;
+  cd.any_protected = std::find(cd.prot_or.begin(), cd.prot_or.end(), kProtectedKey) != cd.prot_or.end();
   cd.prot_bits.assign(size_t(cols) / 16 + kPad, 0);
   if (a.protect)
     for (int64_t j = 0; j < cols; ++j) cd.prot_bits[size_t(j / 16)] |= uint16_t((a.protect[j] ? 1u : 0u) << (j % 16));

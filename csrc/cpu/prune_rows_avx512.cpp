@@ -9,9 +9,10 @@
 // paths (tests/native/test_prune_rows.py runs every path against the PyTorch reference).
 #include "prune_rows_x86.h"
 
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* temporaries.
+// GCC 12's AVX-512 headers trip -W(maybe-)uninitialized on their own _mm512_undefined_* temporaries.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 #ifdef FEATPRUNE_X86_SIMD
@@ -180,6 +181,34 @@ bool avx512_usable() {
   return ok;
 }
 
+// Writes the row's keys, and returns the sum of its scores (protected ones included: it only feeds
+// the predicted bracket's estimate of the mean). Keys past cols (up to the next 16) are written too;
+// every later pass masks them out. Without protected columns the 4 bytes per column of prot_or are
+// not read: the row's keys, weights, scales and protection flags would not all fit in L1 together.
+template <DType D, bool kProtect>
+FEATPRUNE_AVX512 float key_pass(const void* w, const float* scale, const uint32_t* prot, int64_t cols, uint32_t* keys) {
+  auto key = [&](__m512 s, int64_t j) FEATPRUNE_AVX512 {
+    if constexpr (kProtect) return key16(s, prot + j);
+    return _mm512_min_epu32(_mm512_castps_si512(s), _mm512_set1_epi32(int32_t(kNanKey)));
+  };
+  __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();  // two chains: the adds stay off the critical path
+  int64_t j = 0;
+  for (; j + 32 <= cols; j += 32) {
+    const __m512 s0 = score16(load16<D>(w, j, 0xFFFF), scale + j);
+    const __m512 s1 = score16(load16<D>(w, j + 16, 0xFFFF), scale + j + 16);
+    sum0 = _mm512_add_ps(sum0, s0);
+    sum1 = _mm512_add_ps(sum1, s1);
+    _mm512_storeu_si512(keys + j, key(s0, j));
+    _mm512_storeu_si512(keys + j + 16, key(s1, j + 16));
+  }
+  for (; j < cols; j += 16) {
+    const __m512 s0 = score16(load16<D>(w, j, first_lanes(cols - j)), scale + j);
+    sum0 = _mm512_add_ps(sum0, s0);
+    _mm512_storeu_si512(keys + j, key(s0, j));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+}
+
 template <DType D>
 FEATPRUNE_AVX512 void unstructured_row_avx512(const PruneRowsArgs& a, const CallData& cd, Scratch& s, int64_t row,
                                               uint8_t* flags) {
@@ -191,27 +220,9 @@ FEATPRUNE_AVX512 void unstructured_row_avx512(const PruneRowsArgs& a, const Call
     return;
   }
   const float* scale = cd.abs_scale.data();
-  const uint32_t* prot = cd.prot_or.data();
   uint32_t* keys = s.keys.data();
-  // Keys, and the row's mean score for the predicted bracket (protected scores included: an estimate).
-  // Keys past cols (up to the next 16) are written too; every later pass masks them out.
-  __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();  // two chains: the adds stay off the critical path
-  int64_t j = 0;
-  for (; j + 32 <= cols; j += 32) {
-    const __m512 s0 = score16(load16<D>(w, j, 0xFFFF), scale + j);
-    const __m512 s1 = score16(load16<D>(w, j + 16, 0xFFFF), scale + j + 16);
-    sum0 = _mm512_add_ps(sum0, s0);
-    sum1 = _mm512_add_ps(sum1, s1);
-    _mm512_storeu_si512(keys + j, key16(s0, prot + j));
-    _mm512_storeu_si512(keys + j + 16, key16(s1, prot + j + 16));
-  }
-  for (; j < cols; j += 16) {
-    const __mmask16 lanes = first_lanes(cols - j);
-    const __m512 s0 = score16(load16<D>(w, j, lanes), scale + j);
-    sum0 = _mm512_add_ps(sum0, s0);
-    _mm512_storeu_si512(keys + j, key16(s0, prot + j));
-  }
-  const float mean = _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1)) / float(cols);
+  const float mean = (cd.any_protected ? key_pass<D, true> : key_pass<D, false>)(w, scale, cd.prot_or.data(), cols,
+                                                                                   keys) / float(cols);
 
   uint32_t v, plo = 0, phi = 0;
   int64_t n_less, n_equal;
@@ -224,7 +235,7 @@ FEATPRUNE_AVX512 void unstructured_row_avx512(const PruneRowsArgs& a, const Call
   // Pruned: keys < v, and keys == v in columns < cut (the first k - n_less of them).
   const int64_t cut = tie_cut(keys, cols, v, k, n_less, n_equal);
   const __m512i vv = _mm512_set1_epi32(int32_t(v));
-  for (j = 0; j < cols; j += 16) {
+  for (int64_t j = 0; j < cols; j += 16) {
     const __mmask16 lanes = first_lanes(cols - j);
     const __m512i x = _mm512_loadu_si512(keys + j);
     __mmask16 prune = _mm512_mask_cmple_epu32_mask(lanes, x, vv);

@@ -30,6 +30,7 @@ constexpr double kSpread = 2.0;  // bracket half-width in standard deviations of
 // Read-only per call, shared by the threads.
 struct CallData {
   std::vector<uint32_t> prot_or;   // per column: 0, or 0xFFFFFFFF where protected
+  bool any_protected = false;
   std::vector<uint16_t> prot_bits; // bit j % 16 of entry j / 16: column j is protected (AVX-512 N:M)
   std::vector<float> abs_scale;    // |col_scale| (a -0.0 scale becomes +0.0), zero-padded by kPad
   std::vector<int64_t> sample_pos; // fixed pseudo-random columns (empty: no sampling)

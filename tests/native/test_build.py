@@ -16,6 +16,7 @@ def test_build_info_fields():
     assert info["version"] == featprune_ext.__version__
     assert isinstance(info["cuda"], bool) and isinstance(info["openmp"], bool)
     assert isinstance(info["cuda_archs"], str)
+    assert info["cpu_prune_path"] in ("avx512", "avx2", "portable")
     if info["cuda"]:
         assert "90" in info["cuda_archs"]
 
