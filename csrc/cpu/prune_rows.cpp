@@ -339,11 +339,10 @@ FEATPRUNE_AVX2 void n_m_row(const PruneRowsArgs& a, const CallData& cd, int64_t 
   }
   const __m256i bias = _mm256_set1_epi32(int32_t(0x80000000u)), dropv = _mm256_set1_epi32(drop);
   const __m256i all_ones = _mm256_set1_epi32(-1);
-  // The next row's weights are fetched during this row (see n_m_small_row in prune_rows_avx512.cpp).
   const char* next = row + 1 < a.weight.rows ? row_ptr(a, row + 1, elem) : nullptr;
   int64_t j = 0;
   for (; j + 8 <= cols; j += 8) {
-    if (next && (j * int64_t(elem)) % 64 == 0) _mm_prefetch(next + j * int64_t(elem), _MM_HINT_T0);
+    prefetch_next_row(next, j, elem);
     const __m256i key = key8(load8<D>(w, j), scale + j, prot + j);
     const __m256i ks = _mm256_xor_si256(key, bias);  // unsigned order as signed
     __m256i rank = _mm256_setzero_si256();

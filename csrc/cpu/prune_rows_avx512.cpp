@@ -51,7 +51,8 @@ FEATPRUNE_AVX512 inline __m512i key16(__m512 s, const uint32_t* prot_or) {
   return _mm512_or_si512(key, _mm512_loadu_si512(prot_or));
 }
 
-// |w| * |scale| for 16 columns (abs_scale: CallData::abs_scale); lanes outside `lanes` give 0.
+// |w| * |scale| for 16 columns (abs_scale: CallData::abs_scale, zero-padded, so masked-out weights
+// beyond the row give 0).
 FEATPRUNE_AVX512 inline __m512 score16(__m512 w, const float* abs_scale) {
   return _mm512_mul_ps(_mm512_abs_ps(w), _mm512_loadu_ps(abs_scale));
 }
@@ -133,8 +134,6 @@ FEATPRUNE_AVX512 void n_m_small_row(const PruneRowsArgs& a, const CallData& cd, 
                                : _mm512_setr_epi32(0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1);
   const __m512i wrap2 = _mm512_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1);
   const __m512i nan_key = _mm512_set1_epi32(int32_t(kNanKey)), top_key = _mm512_set1_epi32(0x7FFFFFFF);
-  // The next row's weights are fetched while this row is pruned (one line per 64 bytes of this row):
-  // the pass is short enough that waiting for lines (e.g. last written by another core) shows.
   const char* next = row + 1 < a.weight.rows ? row_ptr(a, row + 1, elem) : nullptr;
   int64_t j = 0;
   auto step = [&](__mmask16 lanes) FEATPRUNE_AVX512 {
@@ -165,7 +164,7 @@ FEATPRUNE_AVX512 void n_m_small_row(const PruneRowsArgs& a, const CallData& cd, 
     if (flags) store_flags16(flags, j, prune, lanes);
   };
   for (; j + 16 <= cols; j += 16) {
-    if (next && (j * int64_t(elem)) % 64 == 0) _mm_prefetch(next + j * int64_t(elem), _MM_HINT_T0);
+    prefetch_next_row(next, j, elem);
     step(0xFFFF);
   }
   if (j < cols) step(first_lanes(cols - j));  // whole groups: cols % 16 is a multiple of M
@@ -274,9 +273,11 @@ FEATPRUNE_AVX512 void n_m_row_avx512(const PruneRowsArgs& a, const CallData& cd,
   }
   const __m512i dropv = _mm512_set1_epi32(M - a.n), one = _mm512_set1_epi32(1);
   const __m512i protected_key = _mm512_set1_epi32(int32_t(kProtectedKey));
+  const char* next = row + 1 < a.weight.rows ? row_ptr(a, row + 1, elem) : nullptr;
   // cols % 16 is a multiple of M, so the tail holds whole groups: masked-out lanes never mix with
   // kept ones inside a group.
   for (int64_t j = 0; j < cols; j += 16) {
+    prefetch_next_row(next, j, elem);
     const __mmask16 lanes = first_lanes(cols - j);
     const __m512i key = key16(score16(load16<D>(w, j, lanes), scale + j), prot + j);
     __m512i rank = _mm512_setzero_si512();

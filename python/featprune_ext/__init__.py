@@ -25,13 +25,14 @@ __all__ = ["DiskFullError", "FeatpruneError", "InputError", "KernelError", "__ve
 
 def build_info() -> dict:
     """How this installation was built: version, cuda (kernels compiled), cuda_archs, openmp,
-    cpu_prune_path (the CPU prune_rows_ path for contiguous rows: "avx512", "avx2" or "portable"; the
-    environment variable FEATPRUNE_CPU_SIMD=avx2 or =0 narrows it), cuda_runtime (the CUDA runtime version the kernels link, e.g. "13.0"; None without them) and
-    cuda_driver (the CUDA version the installed driver supports; None when no driver is found).
+    cpu_prune_path (the CPU prune_rows_ path for contiguous rows: "avx512", "avx2" or "portable";
+    the environment variable FEATPRUNE_CPU_SIMD=avx2 or =0 narrows it), cuda_runtime (the CUDA
+    runtime version the kernels link, e.g. "13.0"; None without them) and cuda_driver (the CUDA
+    version the installed driver supports; None when no driver is found).
     Asking the driver's version does not initialise CUDA."""
     if _native is None:
-        return {"version": __version__, "native": False, "cuda": False, "cuda_archs": "", "openmp": False, "cpu_prune_path": "reference",
-                "cuda_runtime": None, "cuda_driver": None, "error": _import_error}
+        return {"version": __version__, "native": False, "cuda": False, "cuda_archs": "", "openmp": False,
+                "cpu_prune_path": "reference", "cuda_runtime": None, "cuda_driver": None, "error": _import_error}
     from .ops import cuda_version_str
 
     info = dict(_native.build_info())
