@@ -455,8 +455,47 @@ FEATPRUNE_AVX2 void order_stats(const uint32_t* x, size_t n, size_t p1, size_t p
   *v2 = *std::max_element(t2, t2 + 8);
 }
 
-}  // namespace
+inline float key_float(uint32_t key) {
+  float f;
+  std::memcpy(&f, &key, sizeof f);
+  return f;
+}
 
+inline uint32_t float_key(float f) {
+  uint32_t key;
+  std::memcpy(&key, &f, sizeof key);
+  return key;
+}
+
+// Wanda's threshold of a row, divided by the row's mean score, is nearly the same from row to row
+// (the rows' score distributions differ mostly by scale), so previous rows predict this row's
+// threshold far better than a 64-key sample does: the bracket around it holds a few % of the row
+// instead of ~28%, and the radix select after it has little left to do. Only a speed-up: a miss
+// (the k-th key outside the bracket) falls back to the sample's bracket, the result is the same.
+inline bool predicted_bracket(const Scratch& s, float mean, uint32_t* lo, uint32_t* hi) {
+  if (s.rows_seen < 4 || !(s.ratio_err < 0.08f) || !(mean > 0.0f) || !std::isfinite(mean)) return false;
+  const float t = s.ratio * mean, width = std::max(0.01f, 3.0f * s.ratio_err);
+  *lo = float_key(t * (1.0f - width));
+  *hi = float_key(t * (1.0f + width));
+  return true;
+}
+
+inline void update_ratio(Scratch& s, float mean, uint32_t threshold) {
+  if (threshold >= 0x7F800000u || !(mean > 0.0f) || !std::isfinite(mean)) return;  // inf, NaN, protected
+  const float r = key_float(threshold) / mean;
+  if (s.rows_seen == 0) {
+    s.ratio = r;
+  } else {
+    const float err = std::fabs(r / s.ratio - 1.0f);  // NaN when ratio is 0: disables the prediction
+    s.ratio_err = s.rows_seen == 1 ? err : 0.75f * s.ratio_err + 0.25f * err;
+    s.ratio = 0.75f * s.ratio + 0.25f * r;
+  }
+  ++s.rows_seen;
+}
+
+// The key of 0-based rank `rank` among the row's keys (s.keys[0, cols)), how many keys are smaller
+// and how many equal: a bracket pass (predicted [plo, phi] when `predicted`, else the sample's),
+// then a radix select over the bracketed few. Exact whatever the bracket.
 FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int64_t rank, uint32_t* threshold,
                                int64_t* n_less, int64_t* n_equal, bool predicted, uint32_t plo, uint32_t phi,
                                BracketPass pass) {
@@ -542,12 +581,31 @@ FEATPRUNE_AVX2 void select_row(Scratch& s, const CallData& cd, int64_t cols, int
   *n_equal = equal;
 }
 
+// Pruned: keys < v, and the first k - n_less keys == v in column order. Returns the column before
+// which keys == v are pruned (cols when all of them are: the common case).
 int64_t tie_cut(const uint32_t* keys, int64_t cols, uint32_t v, int64_t k, int64_t n_less, int64_t n_equal) {
   int64_t ties_left = k - n_less;
   if (ties_left >= n_equal) return cols;
   if (ties_left <= 0) return 0;  // cannot happen (v has rank k - 1); keeps the loop bounded
   for (int64_t c = 0;; ++c)
     if (keys[c] == v && --ties_left == 0) return c + 1;
+}
+
+}  // namespace
+
+uint32_t row_threshold(const PruneRowsArgs& a, const CallData& cd, Scratch& s, int64_t row, size_t elem, float mean,
+                       bool prefetch_next, BracketPass pass, int64_t* cut) {
+  const int64_t cols = a.weight.cols, k = a.k;
+  const bool next = prefetch_next && row + 1 < a.weight.rows;
+  s.prefetch = next ? row_ptr(a, row + 1, elem) : nullptr;
+  s.prefetch_bytes = next ? size_t(cols) * elem : 0;
+  uint32_t v, plo = 0, phi = 0;
+  int64_t n_less, n_equal;
+  const bool predicted = cols >= kMinSampledCols && predicted_bracket(s, mean, &plo, &phi);
+  select_row(s, cd, cols, k - 1, &v, &n_less, &n_equal, predicted, plo, phi, pass);
+  update_ratio(s, mean, v);
+  *cut = tie_cut(s.keys.data(), cols, v, k, n_less, n_equal);
+  return v;
 }
 
 namespace {
@@ -590,17 +648,8 @@ FEATPRUNE_AVX2 void unstructured_row(const PruneRowsArgs& a, const CallData& cd,
     mean = total / float(cols);
   }
   for (; j < cols; ++j) keys[j] = score_key(load1<D>(w, j * cs), scale[j]) | prot[j];  // strided rows
-
-  uint32_t v, plo = 0, phi = 0;
-  int64_t n_less, n_equal;
-  const bool next = contiguous && row + 1 < a.weight.rows;
-  s.prefetch = next ? row_ptr(a, row + 1, elem) : nullptr;
-  s.prefetch_bytes = next ? size_t(cols) * elem : 0;
-  const bool predicted = cols >= kMinSampledCols && predicted_bracket(s, mean, &plo, &phi);
-  select_row(s, cd, cols, k - 1, &v, &n_less, &n_equal, predicted, plo, phi, bracket_pass);
-  update_ratio(s, mean, v);
-  // Pruned: keys < v, and keys == v in columns < cut (the first k - n_less of them).
-  const int64_t cut = tie_cut(keys, cols, v, k, n_less, n_equal);
+  int64_t cut;  // pruned: keys < v, and keys == v in columns < cut
+  const uint32_t v = row_threshold(a, cd, s, row, elem, mean, contiguous, bracket_pass, &cut);
   const __m256i vv = _mm256_set1_epi32(int32_t(v));
   j = 0;
   if (cut == cols) {  // every key == v goes: the common case

@@ -16,6 +16,8 @@
 #endif
 
 #ifdef FEATPRUNE_X86_SIMD
+#include <cstring>
+
 #include "featprune/score.h"
 
 namespace featprune::x86 {
@@ -222,17 +224,8 @@ FEATPRUNE_AVX512 void unstructured_row_avx512(const PruneRowsArgs& a, const Call
   uint32_t* keys = s.keys.data();
   const float mean = (cd.any_protected ? key_pass<D, true> : key_pass<D, false>)(w, scale, cd.prot_or.data(), cols,
                                                                                    keys) / float(cols);
-
-  uint32_t v, plo = 0, phi = 0;
-  int64_t n_less, n_equal;
-  const bool next = row + 1 < a.weight.rows;
-  s.prefetch = next ? row_ptr(a, row + 1, elem) : nullptr;
-  s.prefetch_bytes = next ? size_t(cols) * elem : 0;
-  const bool predicted = cols >= kMinSampledCols && predicted_bracket(s, mean, &plo, &phi);
-  select_row(s, cd, cols, k - 1, &v, &n_less, &n_equal, predicted, plo, phi, bracket_pass16);
-  update_ratio(s, mean, v);
-  // Pruned: keys < v, and keys == v in columns < cut (the first k - n_less of them).
-  const int64_t cut = tie_cut(keys, cols, v, k, n_less, n_equal);
+  int64_t cut;  // pruned: keys < v, and keys == v in columns < cut
+  const uint32_t v = row_threshold(a, cd, s, row, elem, mean, true, bracket_pass16, &cut);
   const __m512i vv = _mm512_set1_epi32(int32_t(v));
   for (int64_t j = 0; j < cols; j += 16) {
     const __mmask16 lanes = first_lanes(cols - j);

@@ -1,12 +1,9 @@
 // Shared by the x86 SIMD paths of the CPU prune_rows (prune_rows.cpp: AVX2 and the dispatch;
-// prune_rows_avx512.cpp: AVX-512): per-call data, per-thread scratch, the predicted bracket and the
-// exact selection over a row's keys. Internal to csrc/cpu; not part of the kernel API.
+// prune_rows_avx512.cpp: AVX-512): per-call data, per-thread scratch, and the threshold selection of an
+// unstructured row. Internal to csrc/cpu; not part of the kernel API.
 #pragma once
 
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "featprune/dtype_traits.h"
@@ -76,59 +73,20 @@ inline void prefetch_next_row(const char* next, int64_t j, size_t elem) {
   if (next && (j * int64_t(elem)) % 64 == 0) _mm_prefetch(next + j * int64_t(elem), _MM_HINT_T0);
 }
 
-inline float key_float(uint32_t key) {
-  float f;
-  std::memcpy(&f, &key, sizeof f);
-  return f;
-}
-
-inline uint32_t float_key(float f) {
-  uint32_t key;
-  std::memcpy(&key, &f, sizeof key);
-  return key;
-}
-
-// Wanda's threshold of a row, divided by the row's mean score, is nearly the same from row to row
-// (the rows' score distributions differ mostly by scale), so previous rows predict this row's
-// threshold far better than a 64-key sample does: the bracket around it holds a few % of the row
-// instead of ~28%, and the radix select after it has little left to do. Only a speed-up: a miss
-// (the k-th key outside the bracket) falls back to the sample's bracket, the result is the same.
-inline bool predicted_bracket(const Scratch& s, float mean, uint32_t* lo, uint32_t* hi) {
-  if (s.rows_seen < 4 || !(s.ratio_err < 0.08f) || !(mean > 0.0f) || !std::isfinite(mean)) return false;
-  const float t = s.ratio * mean, width = std::max(0.01f, 3.0f * s.ratio_err);
-  *lo = float_key(t * (1.0f - width));
-  *hi = float_key(t * (1.0f + width));
-  return true;
-}
-
-inline void update_ratio(Scratch& s, float mean, uint32_t threshold) {
-  if (threshold >= 0x7F800000u || !(mean > 0.0f) || !std::isfinite(mean)) return;  // inf, NaN, protected
-  const float r = key_float(threshold) / mean;
-  if (s.rows_seen == 0) {
-    s.ratio = r;
-  } else {
-    const float err = std::fabs(r / s.ratio - 1.0f);  // NaN when ratio is 0: disables the prediction
-    s.ratio_err = s.rows_seen == 1 ? err : 0.75f * s.ratio_err + 0.25f * err;
-    s.ratio = 0.75f * s.ratio + 0.25f * r;
-  }
-  ++s.rows_seen;
-}
-
 // One pass over a row's keys: counts the keys < lo into *n_below and appends the keys in [lo, hi]
 // to dst (which has room for n + kPad); returns how many it appended. Also prefetches the next
 // row's weights (prefetch, prefetch_bytes), one cache line per vector of keys.
 using BracketPass = size_t (*)(const uint32_t* keys, size_t n, uint32_t lo, uint32_t hi, uint32_t* dst,
                                int64_t* n_below, const char* prefetch, size_t prefetch_bytes);
 
-// The key of 0-based rank `rank` among the row's keys (s.keys[0, cols)), how many keys are smaller
-// and how many equal: a bracket pass (predicted [plo, phi] when `predicted`, else the sample's),
-// then a radix select over the bracketed few. Exact whatever the bracket (AVX2 code).
-void select_row(Scratch& s, const CallData& cd, int64_t cols, int64_t rank, uint32_t* threshold, int64_t* n_less,
-                int64_t* n_equal, bool predicted, uint32_t plo, uint32_t phi, BracketPass pass);
-
-// Pruned: keys < v, and the first k - n_less keys == v in column order. Returns the column before
-// which keys == v are pruned (cols when all of them are: the common case).
-int64_t tie_cut(const uint32_t* keys, int64_t cols, uint32_t v, int64_t k, int64_t n_less, int64_t n_equal);
+// An unstructured row's threshold key v from its keys (s.keys[0, cols)) and mean score: the row
+// prunes the keys < v, and the keys == v in the columns < *cut (ties go to the lower columns; *cut
+// is cols when every key == v goes). A bracket pass (the range predicted from the previous rows'
+// threshold / mean score, else a sample's), then a radix select over the bracketed few: exact
+// whatever the bracket. Updates the prediction; prefetches the next row's weights (elem bytes
+// each) during the bracket pass when prefetch_next. The selection itself is AVX2 code.
+uint32_t row_threshold(const PruneRowsArgs& a, const CallData& cd, Scratch& s, int64_t row, size_t elem, float mean,
+                       bool prefetch_next, BracketPass pass, int64_t* cut);
 
 // AVX-512 rows (prune_rows_avx512.cpp); contiguous rows only; call only where avx512_usable().
 bool avx512_usable();

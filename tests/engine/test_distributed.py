@@ -36,8 +36,11 @@ def prune_cmd(model, out, calib, nsamples, seqlen, *extra):
 
 
 def run_single(*args, env=None):
+    # One thread, like each torchrun rank below: torch's CPU matmuls may split their sums differently
+    # with 2 threads (seen on an AVX-512 CPU: SmolLM2's masks then differ from the ranks' in a few
+    # near-tied entries), and the comparison is about the distribution, not the thread count.
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def run_torchrun(nproc: int, *args, env=None):
