@@ -152,3 +152,19 @@ def test_check_finite_accepts_finite_values_whose_sum_overflows(dtype):
     check_finite("w", torch.randn(5, 3).to(dtype))
     check_finite("empty", torch.empty(0, 3, dtype=dtype))
     check_finite("ints", torch.tensor([1, 2]))  # not floating point: nothing to check
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64],
+                         ids=["fp32", "fp16", "bf16", "fp64-fallback"])
+def test_count_zeros_counts_both_signed_zeros_and_nothing_else(dtype):
+    from featprune_ext.engine.block_matrices import count_zeros
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(37, 53, generator=g).to(dtype)
+    w[torch.rand(37, 53, generator=g) < 0.3] = 0.0
+    w[torch.rand(37, 53, generator=g) < 0.1] = -0.0
+    w[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), torch.finfo(dtype).tiny / 2]).to(dtype)
+    for view in (w, w.t(), w[:, ::3]):  # contiguous, transposed and strided views
+        assert count_zeros(view) == int((view == 0).sum())
+    # the matrix holds zeros of both signs
+    assert bool((torch.signbit(w) & (w == 0)).any()) and bool((~torch.signbit(w) & (w == 0)).any())
