@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from ..data.calibration_set import CalibrationSet
 from ..errors import InputError
 from ..files import WEIGHT_SUFFIXES, atomic_write_json, fsync_dir
 from ..methods import PruneMethod
+from .background import background_pool
 from .batches import AUTO
 from .checkpoint import INDEX_NAME, write_index
 from .report import peak_rss_bytes
@@ -66,7 +67,7 @@ class BackgroundWriter:
     host memory holds at most one block waiting to be written."""
 
     def __init__(self):
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featprune-writer")
+        self.pool = background_pool("featprune-writer")
         self.pending: Future | None = None
 
     def submit(self, fn, *args) -> None:

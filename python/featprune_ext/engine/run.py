@@ -21,7 +21,6 @@ import shutil
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from ..data.calibration_set import CalibrationSet
 from ..errors import InputError, NonFiniteError
 from ..files import atomic_save_torch
 from ..methods import PruneMethod
+from .background import background_pool
 from .batches import (
     AUTO,
     auto_batch_size,
@@ -318,7 +318,7 @@ class _Run:
                 if self.dist.is_writer:
                     save_progress(self, 0, None)
         writer = BackgroundWriter()
-        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featprune-prefetch")
+        loader = background_pool("featprune-prefetch")
         die_after = os.environ.get(_DIE_ENV)
         bar = None
         try:
