@@ -40,3 +40,14 @@ def test_bad_setting_is_a_clear_error(monkeypatch, bad):
     monkeypatch.setenv(NICE_ENV, bad)
     with pytest.raises(InputError, match=NICE_ENV):
         background_pool("test-background")
+
+
+def test_bad_setting_stops_a_run_before_any_work(monkeypatch, tmp_path):
+    from featprune_ext.engine import prune_model
+    from featprune_ext.methods import get_method
+
+    monkeypatch.setenv(NICE_ENV, "high")
+    with pytest.raises(InputError, match=NICE_ENV):
+        prune_model(tmp_path / "no-model", tmp_path / "out", calibration=None, method=get_method("magnitude"),
+                    sparsity=0.5)
+    assert not list(tmp_path.iterdir())  # no output, no lock, nothing

@@ -29,7 +29,7 @@ from ..data.calibration_set import CalibrationSet
 from ..errors import InputError, NonFiniteError
 from ..files import atomic_save_torch
 from ..methods import PruneMethod
-from .background import background_pool
+from .background import background_nice, background_pool
 from .batches import (
     AUTO,
     auto_batch_size,
@@ -106,6 +106,7 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
     if layerwise is not None:
         layerwise.check(method, sparsity, pattern)
     compute_dtype = parse_dtype(dtype)
+    background_nice()  # a bad FEATPRUNE_BACKGROUND_NICE fails here, before any work
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"device must be cpu or cuda, got {device}")
