@@ -47,6 +47,24 @@ class Mutant:
     tests: list  # pytest node ids that must each fail
     native: bool = False  # the file is C++: rebuild _C
     slow: bool = False  # only with --slow (torchrun: minutes)
+    cpu_path: str = ""  # "avx2" / "avx512": the CPU kernel path the tests run; skipped on a CPU without it
+
+
+# CPU flags each path needs (csrc/cpu/prune_rows*.cpp check the same ones at run time).
+CPU_PATH_FLAGS = {"avx2": {"avx2", "f16c", "popcnt"},
+                  "avx512": {"avx2", "f16c", "popcnt", "avx512f", "avx512bw", "avx512vl", "avx512dq"}}
+
+
+def cpu_has_path(path: str) -> bool:
+    """True when this CPU has the flags of the kernel path `path` ("" = any CPU)."""
+    if not path:
+        return True
+    try:
+        flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+                 for f in line.split(":", 1)[1].split()}
+    except OSError:
+        return False
+    return CPU_PATH_FLAGS[path] <= flags
 
 
 MUTANTS = [
@@ -79,21 +97,21 @@ MUTANTS = [
            "csrc/cpu/prune_rows.cpp",
            [("    hi = bhi;\n    before = below;", "    hi = bhi;\n    before = below + 1;  // MUTANT")],
            ["tests/native/test_prune_rows.py::test_predicted_bracket_hits_and_misses[0.5-fp32-avx2]"],
-           native=True),
+           native=True, cpu_path="avx2"),
     Mutant("nm-rotation-swapped", "the AVX2 N:M path rotates groups of 4 the wrong way (ties break toward "
            "the wrong column)",
            "csrc/cpu/prune_rows.cpp",
            [("(x, 0x39);  // lanes (1, 2, 3, 0)", "(x, 0x93);  // MUTANT"),
             ("(x, 0x93);              // lanes (3, 0, 1, 2)", "(x, 0x39);  // MUTANT")],
            ["tests/native/test_prune_rows.py::test_cpu_paths_match_reference[2:4-ties-fp32-avx2]"],
-           native=True),
+           native=True, cpu_path="avx2"),
     Mutant("avx512-nm-wrap-lost", "the AVX-512 path for groups of 4 forgets that the last lane of a group "
            "compares with lower columns (ties break toward the wrong column)",
            "csrc/cpu/prune_rows_avx512.cpp",
            [(": _mm512_setr_epi32(0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1);",
              ": _mm512_setr_epi32(0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0);  // MUTANT")],
            ["tests/native/test_prune_rows.py::test_cpu_paths_match_reference[2:4-ties-fp32-avx512]"],
-           native=True),
+           native=True, cpu_path="avx512"),
     Mutant("outputs-not-propagated", "block i+1 sees block i's dense (unpruned) outputs",
            "engine/run.py",
            [("entries, matrices = prune_block_matrices(self, i, linears, stats, originals, sparsity)",
@@ -299,6 +317,9 @@ def main(argv=None) -> int:
     mutants = [m for m in MUTANTS if (m.name in args.only if args.only else args.slow or not m.slow)]
     if args.only and len(mutants) != len(args.only):
         raise SystemExit(f"[mutations] unknown mutant in {args.only}; have {[m.name for m in MUTANTS]}")
+    for m in [m for m in mutants if not cpu_has_path(m.cpu_path)]:  # its tests would skip, not fail
+        log(f"skipped {m.name}: this CPU has no {m.cpu_path} path")
+        mutants.remove(m)
     t0 = time.perf_counter()
     native = installed_native()
     root = Path(tempfile.mkdtemp(prefix="featprune-mutations-"))
