@@ -227,6 +227,23 @@ void check_args(const PruneRowsArgs& a) {
 namespace x86 {
 namespace {
 
+constexpr int64_t kMinSampledCols = 512;  // narrower rows go straight to the radix select
+constexpr int64_t kSamples = 64;
+constexpr double kSpread = 2.0;  // bracket half-width in standard deviations of the sample rank
+
+template <DType D>
+inline float load1(const void* base, int64_t j) {
+  if constexpr (D == DType::kFloat32) return static_cast<const float*>(base)[j];
+  else if constexpr (D == DType::kFloat16) return fp16_bits_to_float(static_cast<const uint16_t*>(base)[j]);
+  else return bf16_bits_to_float(static_cast<const uint16_t*>(base)[j]);
+}
+
+template <DType D>
+inline void zero1(void* base, int64_t j) {
+  if constexpr (D == DType::kFloat32) static_cast<float*>(base)[j] = 0.0f;
+  else static_cast<uint16_t*>(base)[j] = 0;
+}
+
 // For each 8-bit lane mask, the indices of its set lanes packed from the low byte.
 struct CompressTable {
   uint64_t idx[256];

@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "featprune/dtype_traits.h"
 #include "featprune/kernels.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -20,9 +19,6 @@
 namespace featprune::x86 {
 
 constexpr size_t kPad = 32;  // compress8 writes, and order_stats reads, up to 32 keys past the count
-constexpr int64_t kMinSampledCols = 512;  // narrower rows go straight to the radix select
-constexpr int64_t kSamples = 64;
-constexpr double kSpread = 2.0;  // bracket half-width in standard deviations of the sample rank
 
 // Read-only per call, shared by the threads.
 struct CallData {
@@ -40,26 +36,13 @@ struct Scratch {
   const char* prefetch = nullptr;  // the next row's weights, fetched during this row's selection
   size_t prefetch_bytes = 0;
   // Threshold / mean score of the rows this thread selected so far (a running average), and the
-  // running mean relative error of that ratio as a predictor: see predicted_bracket().
+  // running mean relative error of that ratio as a predictor: see predicted_bracket() in prune_rows.cpp.
   float ratio = 0.0f, ratio_err = 1.0f;
   int rows_seen = 0;
   explicit Scratch(int64_t cols, size_t samples)
       : keys(size_t(cols) + kPad), a(size_t(cols) + kPad), b(size_t(cols) + kPad), sample(samples + kPad),
         hist(4 * 256), flags(size_t(cols) + kPad) {}
 };
-
-template <DType D>
-inline float load1(const void* base, int64_t j) {
-  if constexpr (D == DType::kFloat32) return static_cast<const float*>(base)[j];
-  else if constexpr (D == DType::kFloat16) return fp16_bits_to_float(static_cast<const uint16_t*>(base)[j]);
-  else return bf16_bits_to_float(static_cast<const uint16_t*>(base)[j]);
-}
-
-template <DType D>
-inline void zero1(void* base, int64_t j) {
-  if constexpr (D == DType::kFloat32) static_cast<float*>(base)[j] = 0.0f;
-  else static_cast<uint16_t*>(base)[j] = 0;
-}
 
 inline const char* row_ptr(const PruneRowsArgs& a, int64_t row, size_t elem) {
   return static_cast<const char*>(a.weight.data) + row * a.weight.row_stride * int64_t(elem);
