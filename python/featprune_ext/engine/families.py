@@ -7,6 +7,7 @@ encodings, per-layer differences) is captured generically at run time by the eng
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -60,11 +61,10 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def _conv1d_type():
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # transformers without Conv1D: nothing to match
-        return ()
-    return (Conv1D,)
+    """transformers' Conv1D (GPT-2), if its module was imported: a block holding one was built by it,
+    so a model from featprune's built-in code never imports transformers here."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    return (conv1d,) if conv1d is not None else ()
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """The model skeleton: config.json -> a causal LM whose parameters live on the meta device.
 
+The model code is featprune's own (models/) for the families it covers, else transformers'.
+
 Only what runs before the first block is loaded (of the word embedding, only the rows the
 calibration tokens use); blocks are attached one at a time from the checkpoint and released.
 """
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, NonFiniteError
+from ..models import BuiltinCausalLM, BuiltinConfig, builtin_config
 from .checkpoint import Checkpoint
 from .families import PrunableLinear, find_blocks, max_positions, prunable_linears
 from .moe import check_no_fused_experts, unfuse_experts
@@ -92,30 +95,45 @@ class ModelSkeleton:
 
     def __init__(self, ckpt: Checkpoint, compute_dtype: torch.dtype | None = None):
         """compute_dtype: the dtype of the forward passes (default: the checkpoint's storage dtype)."""
+        self.ckpt = ckpt
+        self.storage_dtype = self._storage_dtype()
+        self.dtype = compute_dtype or self.storage_dtype
+        builtin = builtin_config(ckpt.config_dict)
+        if isinstance(builtin, BuiltinConfig):
+            with _params_on_meta():
+                model = BuiltinCausalLM(builtin, self.dtype)
+            if set(ckpt.tensors) <= set(model.state_dict()):
+                self.config, self.model_code = builtin, "builtin"
+            else:
+                builtin = "the checkpoint's tensor names are not transformers' module names"
+        if not isinstance(builtin, BuiltinConfig):
+            self.config, model = self._transformers_model()
+            self.model_code = f"transformers ({builtin})"
+        self.model = model.eval()
+        self.blocks_path, self.blocks = find_blocks(model)
+        self.num_blocks = len(self.blocks)
+        self.max_positions = max_positions(self.config)
+        self._names = self._checkpoint_names()
+        self._check_tensors()
+
+    def _transformers_model(self):
+        """(config, model with meta parameters) from transformers' own classes."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        self.ckpt = ckpt
+        ckpt = self.ckpt
         try:
             config = AutoConfig.from_pretrained(ckpt.dir)
         except (ValueError, KeyError, OSError) as exc:
             mt = ckpt.config_dict.get("model_type")
             raise InputError(f"unknown architecture (model_type {mt!r}) in {ckpt.dir}/config.json: "
                              f"{str(exc).splitlines()[0]}") from None
-        self.config = config
-        self.storage_dtype = self._storage_dtype()
-        self.dtype = compute_dtype or self.storage_dtype
         try:
             with _params_on_meta():
                 model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
         except ValueError as exc:
             raise InputError(f"unknown architecture {ckpt.config_dict.get('architectures')}: "
                              f"{str(exc).splitlines()[0]}") from None
-        self.model = model.eval()
-        self.blocks_path, self.blocks = find_blocks(model)
-        self.num_blocks = len(self.blocks)
-        self.max_positions = max_positions(config)
-        self._names = self._checkpoint_names()
-        self._check_tensors()
+        return config, model
 
     def _storage_dtype(self) -> torch.dtype:
         floats = [i.dtype for i in self.ckpt.tensors.values() if i.dtype.is_floating_point and len(i.shape) == 2]
