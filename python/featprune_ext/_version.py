@@ -5,13 +5,14 @@ __version__ = "0.1.0"
 def versions() -> dict:
     """Versions of featprune and the libraries whose behaviour its results depend on."""
     import platform
+    from importlib import metadata
 
     import torch
 
     out = {"featprune": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    for name in ("transformers", "safetensors"):
+    for name in ("transformers", "safetensors"):  # read from the installed metadata: importing transformers costs seconds
         try:
-            out[name] = __import__(name).__version__
-        except ImportError:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             pass
     return out

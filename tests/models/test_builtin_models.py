@@ -173,3 +173,18 @@ def test_masks_match_transformers(window, tiny_model):
             assert (ours is None) == (theirs is None), (length, lengths)
             if ours is not None:
                 assert ours.shape == theirs.shape and torch.equal(ours, theirs), (length, lengths)
+
+
+def test_class_names_are_transformers_names(tiny_model, monkeypatch):
+    """--targets/--ignore class patterns (engine/select.py) select the same modules with either code."""
+    for family in BUILTIN_FAMILIES:
+        classes = {}
+        for code in ("auto", "transformers"):
+            monkeypatch.setenv("FEATPRUNE_MODEL_CODE", code)
+            skel = ModelSkeleton(Checkpoint(tiny_model(family)))
+            classes[code] = {name: type(m).__name__ for name, m in skel.model.named_modules()}
+        ours, theirs = classes["auto"], classes["transformers"]
+        assert {k: ours[k] for k in theirs if k in ours} == {k: theirs[k] for k in theirs if k in ours}
+        # modules without parameters that the built-in code computes inline
+        assert all(k.endswith((".act_fn", "rotary_emb")) for k in set(theirs) - set(ours)), set(theirs) - set(ours)
+        assert set(ours) <= set(theirs)

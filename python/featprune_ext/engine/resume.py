@@ -119,7 +119,7 @@ def finish_run(run, model_dir: Path, out_dir: Path, t_start: float) -> dict:
             "sparsity": run.sparsity if run.pattern is None else 1 - run.n / run.m,
             "pattern": None if run.pattern is None else f"{run.n}:{run.m}",
             "calibration": calib,
-            "model": {"source": str(model_dir), "architecture": type(skel.model).__name__,
+            "model": {"source": str(model_dir), "architecture": skel.architecture, "model_code": skel.model_code,
                       "model_type": skel.config.model_type, "blocks": skel.num_blocks,
                       "blocks_path": skel.blocks_path, "dtype": str(skel.storage_dtype).replace("torch.", ""),
                       "compute_dtype": str(skel.dtype).replace("torch.", ""),

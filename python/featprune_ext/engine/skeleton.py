@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, NonFiniteError
-from ..models import BuiltinCausalLM, BuiltinConfig, builtin_config
+from ..models import BuiltinConfig, build_causal_lm, builtin_config
 from .checkpoint import Checkpoint
 from .families import PrunableLinear, find_blocks, max_positions, prunable_linears
 from .moe import check_no_fused_experts, unfuse_experts
@@ -43,11 +43,18 @@ def check_finite(key: str, t: torch.Tensor) -> None:
                              "the input model is corrupt (or was saved from a diverged run) and cannot be pruned")
 
 
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                   "xavier_normal_", "constant_", "zeros_", "ones_")
+
+
 @contextlib.contextmanager
 def _params_on_meta():
     """Create every nn.Parameter on the meta device (no memory); buffers stay real, since
-    rotary frequencies and embedding scales are computed at init, not stored."""
+    rotary frequencies and embedding scales are computed at init, not stored. The parameters'
+    random initialisation is skipped: they are placeholders, and running torch.nn.init on meta
+    tensors imports torch._dynamo (about a second)."""
     original = nn.Module.register_parameter
+    inits = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
 
     def register(module, name, param):
         if param is not None and param.device.type != "meta":
@@ -55,10 +62,14 @@ def _params_on_meta():
         original(module, name, param)
 
     nn.Module.register_parameter = register
+    for name in inits:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
     try:
         yield
     finally:
         nn.Module.register_parameter = original
+        for name, fn in inits.items():
+            setattr(nn.init, name, fn)
 
 
 def _set_tensor(root: nn.Module, name: str, value: torch.Tensor, *, param: bool) -> None:
@@ -101,7 +112,7 @@ class ModelSkeleton:
         builtin = builtin_config(ckpt.config_dict)
         if isinstance(builtin, BuiltinConfig):
             with _params_on_meta():
-                model = BuiltinCausalLM(builtin, self.dtype)
+                model = build_causal_lm(builtin, self.dtype)
             if set(ckpt.tensors) <= set(model.state_dict()):
                 self.config, self.model_code = builtin, "builtin"
             else:
@@ -110,6 +121,7 @@ class ModelSkeleton:
             self.config, model = self._transformers_model()
             self.model_code = f"transformers ({builtin})"
         self.model = model.eval()
+        self.architecture = (ckpt.config_dict.get("architectures") or [type(model).__name__])[0]
         self.blocks_path, self.blocks = find_blocks(model)
         self.num_blocks = len(self.blocks)
         self.max_positions = max_positions(self.config)

@@ -11,9 +11,9 @@ import os
 
 from ..errors import InputError
 from .config import BuiltinConfig, parse_config
-from .decoder import BuiltinCausalLM
+from .decoder import BuiltinCausalLM, build_causal_lm
 
-__all__ = ["BuiltinCausalLM", "BuiltinConfig", "builtin_config"]
+__all__ = ["BuiltinCausalLM", "BuiltinConfig", "build_causal_lm", "builtin_config"]
 
 _CHOICES = ("auto", "transformers")
 

@@ -10,6 +10,8 @@ generation, no logits: the engine only runs the embedding and the blocks.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +19,24 @@ from torch import nn
 from .config import BuiltinConfig
 from .masks import sdpa_attention, sdpa_bool_mask
 
-__all__ = ["BuiltinCausalLM"]
+__all__ = ["BuiltinCausalLM", "build_causal_lm"]
+
+_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gemma3_text": "Gemma3"}
+_SUFFIX = {"RMSNorm": "RMSNorm", "GemmaRMSNorm": "RMSNorm", "ScaledEmbedding": "TextScaledWordEmbedding",
+           "Attention": "Attention", "MLP": "MLP", "DecoderLayer": "DecoderLayer", "DecoderModel": "Model",
+           "BuiltinCausalLM": "ForCausalLM"}
+
+
+@functools.cache
+def _named(base: type, model_type: str) -> type:
+    """`base` under transformers' class name for the family (LlamaMLP, Gemma3DecoderLayer, ...), so
+    --targets/--ignore class patterns select the same modules whichever code runs the model."""
+    prefix = _PREFIX[model_type] + ("Text" if base.__name__ == "DecoderModel" and model_type == "gemma3_text" else "")
+    return type(prefix + _SUFFIX[base.__name__], (base,), {"__module__": base.__module__, "__doc__": base.__doc__})
+
+
+def _make(base: type, cfg: BuiltinConfig, *args):
+    return _named(base, cfg.model_type)(*args)
 
 
 class RMSNorm(nn.Module):
@@ -85,8 +104,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, kv * hd, bias=qkv_bias)
         self.o_proj = nn.Linear(heads * hd, hidden, bias=o_bias)
         if cfg.gemma:
-            self.q_norm = GemmaRMSNorm(hd, cfg.rms_norm_eps)
-            self.k_norm = GemmaRMSNorm(hd, cfg.rms_norm_eps)
+            self.q_norm = _make(GemmaRMSNorm, cfg, hd, cfg.rms_norm_eps)
+            self.k_norm = _make(GemmaRMSNorm, cfg, hd, cfg.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, position_embeddings, attention_mask) -> torch.Tensor:
         shape = x.shape[:-1]
@@ -122,9 +141,9 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, cfg: BuiltinConfig):
         super().__init__()
-        norm = GemmaRMSNorm if cfg.gemma else RMSNorm
-        self.self_attn = Attention(cfg)
-        self.mlp = MLP(cfg)
+        norm = _named(GemmaRMSNorm if cfg.gemma else RMSNorm, cfg.model_type)
+        self.self_attn = _make(Attention, cfg, cfg)
+        self.mlp = _make(MLP, cfg, cfg)
         self.input_layernorm = norm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = norm(cfg.hidden_size, cfg.rms_norm_eps)
         if cfg.gemma:
@@ -146,11 +165,12 @@ class DecoderModel(nn.Module):
         super().__init__()
         pad = cfg.pad_token_id if isinstance(cfg.pad_token_id, int) else None
         if cfg.gemma:
-            self.embed_tokens = ScaledEmbedding(cfg.vocab_size, cfg.hidden_size, pad, cfg.hidden_size ** 0.5, dtype)
+            self.embed_tokens = _make(ScaledEmbedding, cfg, cfg.vocab_size, cfg.hidden_size, pad,
+                                      cfg.hidden_size ** 0.5, dtype)
         else:
             self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, pad)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = (GemmaRMSNorm if cfg.gemma else RMSNorm)(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(_make(DecoderLayer, cfg, cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = _make(GemmaRMSNorm if cfg.gemma else RMSNorm, cfg, cfg.hidden_size, cfg.rms_norm_eps)
         self.cfg = cfg
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> torch.Tensor:
@@ -177,7 +197,7 @@ class BuiltinCausalLM(nn.Module):
     def __init__(self, cfg: BuiltinConfig, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.config = cfg
-        self.model = DecoderModel(cfg, dtype)
+        self.model = _make(DecoderModel, cfg, cfg, dtype)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -191,3 +211,8 @@ class BuiltinCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         return self.model(input_ids, attention_mask)
+
+
+def build_causal_lm(cfg: BuiltinConfig, dtype: torch.dtype = torch.float32) -> BuiltinCausalLM:
+    """The model for `cfg`, its classes under transformers' names (LlamaForCausalLM, ...)."""
+    return _make(BuiltinCausalLM, cfg, cfg, dtype)
