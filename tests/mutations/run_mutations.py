@@ -68,6 +68,15 @@ def cpu_has_path(path: str) -> bool:
 
 
 MUTANTS = [
+    Mutant("builtin-gemma-norm-cast", "the built-in Gemma RMSNorm scales after casting back, not in fp32",
+           "models/decoder.py",
+           [("return (y * (1.0 + self.weight.float())).type_as(x)",
+             "return y.type_as(x) * (1.0 + self.weight.float()).type_as(x)")],
+           ["tests/models/test_builtin_models.py::test_blocks_bit_identical_to_transformers[gemma3-bf16]"]),
+    Mutant("builtin-window-mask-skipped", "the built-in code lets is_causal stand in for a sliding window as long "
+           "as the sequence", "models/masks.py",
+           [("if (window is None or length < window)", "if (window is None or length <= window)")],
+           ["tests/models/test_builtin_models.py::test_masks_match_transformers[4]"]),
     Mutant("padding-counted", "padding tokens enter the statistics (the token mask is dropped)",
            "engine/stats.py",
            [("token_mask=mask, absmax=absmax)", "token_mask=None, absmax=absmax)")],
