@@ -10,7 +10,7 @@ def versions() -> dict:
     import torch
 
     out = {"featprune": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    for name in ("transformers", "safetensors"):  # read from the installed metadata: importing transformers costs seconds
+    for name in ("transformers", "safetensors"):  # from package metadata: importing transformers costs seconds
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -44,9 +44,8 @@ def sdpa_attention(q, k, v, mask: torch.Tensor | None, scaling: float, groups: i
     if groups > 1:
         if mask is None and k.shape[-1] == v.shape[-1] <= 256:
             extra["enable_gqa"] = True
-        elif length == 1:  # one query: put the group on the query-length axis instead
+        elif length == 1:  # one query: the group on the query axis (the mask's one head row serves all)
             q = q.reshape(q.shape[0], q.shape[1] // groups, groups, q.shape[-1])
-            mask = mask if mask is None or mask.shape[1] == 1 else mask.reshape(mask.shape[0], -1, groups, mask.shape[-1])
         else:
             k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scaling,
