@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a lent H100/H200, meant to finish in under 8 minutes:
 #   1. build featprune for sm_90 only (CUDA required) into $WORK/site, which then comes first on PYTHONPATH
-#   2. the CUDA tests (tests/native -m cuda)
+#   2. the CUDA tests (tests/native and tests/models -m cuda: kernels; built-in model code vs transformers)
 #   3. the kernel bench (bench/bench_kernels.py --device cuda)
 #   4. the engine check (bench/gpu_engine_check.py): a 7B-shaped bf16 Llama generated on local disk, pruned
 #      with 128 x 2048 calibration tokens under a 10 GiB device-memory cap (the model is 12.6 GiB), against
@@ -57,8 +57,8 @@ export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 sys.exit(0 if i.get('cuda') or '$DEVICE' != 'cuda' else 'built without CUDA kernels')" || exit 1
 echo "${RESULT[build]}"
 
-log "CUDA tests (tests/native -m cuda)"
-timeout "$(( $(left) < 150 ? $(left) : 150 ))" "$PY" -m pytest -q -m cuda tests/native -p no:cacheprovider -x \
+log "CUDA tests (tests/native and tests/models, -m cuda)"
+timeout "$(( $(left) < 150 ? $(left) : 150 ))" "$PY" -m pytest -q -m cuda tests/native tests/models -p no:cacheprovider -x \
   2>&1 | tail -15 | tee "$OUT_DIR/cuda_tests.txt"
 rc=${PIPESTATUS[0]}
 RESULT[tests]="$(grep -E 'passed|failed|skipped|error' "$OUT_DIR/cuda_tests.txt" | tail -1) (rc $rc)"

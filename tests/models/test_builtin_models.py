@@ -31,28 +31,34 @@ def _batches(vocab: int, seed: int) -> list[Batch]:
     return out
 
 
-def _block_outputs(model_dir, dtype, code: str, monkeypatch) -> tuple[str, list[list[torch.Tensor]]]:
+def _block_outputs(model_dir, dtype, code: str, monkeypatch, device="cpu") -> tuple[str, list[list[torch.Tensor]]]:
     monkeypatch.setenv("FEATPRUNE_MODEL_CODE", code)
     skel = ModelSkeleton(Checkpoint(model_dir), dtype)
     batches = _batches(skel.config.vocab_size, seed=1)
+    device = torch.device(device)
     with torch.no_grad():
-        skel.load_pre_block(torch.cat([b.ids.reshape(-1) for b in batches]), torch.device("cpu"), dtype)
-        calls, hidden = capture_block_calls(skel.model, skel.blocks, batches, torch.device("cpu"))
+        skel.load_pre_block(torch.cat([b.ids.reshape(-1) for b in batches]), device, dtype)
+        calls, hidden = capture_block_calls(skel.model, skel.blocks, batches, device)
         outs = [list(hidden)]
         for i in range(skel.num_blocks):
-            block = skel.attach_block(i, skel.read_block(i), torch.device("cpu"), dtype)
+            block = skel.attach_block(i, skel.read_block(i), device, dtype)
             hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]
             outs.append(hidden)
             skel.release_block(i)
     return skel.model_code, outs
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
+                                               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("family", BUILTIN_FAMILIES)
-def test_blocks_bit_identical_to_transformers(family, dtype, tiny_model, monkeypatch):
+def test_blocks_bit_identical_to_transformers(family, dtype, device, tiny_model, monkeypatch):
     d = tiny_model(family)
-    code, ours = _block_outputs(d, DTYPES[dtype], "auto", monkeypatch)
-    ref_code, theirs = _block_outputs(d, DTYPES[dtype], "transformers", monkeypatch)
+    code, ours = _block_outputs(d, DTYPES[dtype], "auto", monkeypatch, device)
+    ref_code, theirs = _block_outputs(d, DTYPES[dtype], "transformers", monkeypatch, device)
     assert code == "builtin" and ref_code.startswith("transformers")
     for layer, (a, b) in enumerate(zip(ours, theirs)):
         for batch, (x, y) in enumerate(zip(a, b)):
