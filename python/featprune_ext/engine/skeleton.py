@@ -43,18 +43,11 @@ def check_finite(key: str, t: torch.Tensor) -> None:
                              "the input model is corrupt (or was saved from a diverged run) and cannot be pruned")
 
 
-_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-                   "xavier_normal_", "constant_", "zeros_", "ones_")
-
-
 @contextlib.contextmanager
 def _params_on_meta():
     """Create every nn.Parameter on the meta device (no memory); buffers stay real, since
-    rotary frequencies and embedding scales are computed at init, not stored. The parameters'
-    random initialisation is skipped: they are placeholders, and running torch.nn.init on meta
-    tensors imports torch._dynamo (about a second)."""
+    rotary frequencies and embedding scales are computed at init, not stored."""
     original = nn.Module.register_parameter
-    inits = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
 
     def register(module, name, param):
         if param is not None and param.device.type != "meta":
@@ -62,13 +55,27 @@ def _params_on_meta():
         original(module, name, param)
 
     nn.Module.register_parameter = register
-    for name in inits:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
     try:
         yield
     finally:
         nn.Module.register_parameter = original
-        for name, fn in inits.items():
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "kaiming_uniform_", "zeros_", "ones_")  # what nn.Linear/Embedding call
+
+
+@contextlib.contextmanager
+def _no_random_init():
+    """Skip torch.nn.init while the built-in model is built: its parameters are meta placeholders,
+    and running the init functions on meta tensors imports torch._dynamo (about a second). Not used
+    for transformers' classes, whose init may also fill real buffers."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in saved:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
             setattr(nn.init, name, fn)
 
 
@@ -111,7 +118,7 @@ class ModelSkeleton:
         self.dtype = compute_dtype or self.storage_dtype
         builtin = builtin_config(ckpt.config_dict)
         if isinstance(builtin, BuiltinConfig):
-            with _params_on_meta():
+            with _params_on_meta(), _no_random_init():
                 model = build_causal_lm(builtin, self.dtype)
             if set(ckpt.tensors) <= set(model.state_dict()):
                 self.config, self.model_code = builtin, "builtin"
