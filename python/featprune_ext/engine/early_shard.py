@@ -1,8 +1,10 @@
 """The shard of unpruned tensors (embeddings, final norm, output head: often the largest tensors of a
-small model) copied while the model's code is still being imported.
+small model) copied from the start of the run, beside the skeleton and the first blocks.
 
-Importing transformers' model classes takes seconds on one core and leaves the other idle; copied
-afterwards, the same bytes take CPU from the forward passes. Which tensors belong to no block is
+Importing transformers' model classes (for families without featprune's built-in model code) takes
+seconds on one core and leaves the other idle; with the built-in code the copy runs beside the first
+blocks instead. Copied at the end, the same bytes keep the main thread waiting for the writer
+(bench/RESULTS.md, session 11: 0.41 s against 0.04 s for Gemma 3 270M). Which tensors belong to no block is
 known only once the skeleton is built, so the copy guesses them by name (no numbered path component,
 unlike model.layers.3....) and is used only when the guess equals the skeleton's `other_keys`;
 otherwise it is dropped and the shard is written as before.
