@@ -127,16 +127,48 @@ def test_unsupported_settings_fall_back(edit, reason, tiny_model):
     assert isinstance(found, str) and reason in found
 
 
+@pytest.mark.parametrize("family, key", [("mistral", "sliding_window"), ("mistral", "num_key_value_heads"),
+                                         ("qwen2", "num_key_value_heads"), ("gemma3", "head_dim"),
+                                         ("gemma3", "num_key_value_heads"), ("gemma3", "query_pre_attn_scalar"),
+                                         ("gemma3", "sliding_window")])
+def test_keys_whose_default_differs_per_family_are_required(family, key, tiny_model):
+    """transformers fills a missing key with its class default (Mistral's window 4096, Gemma 3's head_dim
+    256, ...): the built-in code does not guess those, it leaves the model to transformers."""
+    raw = _config(family, tiny_model)
+    assert isinstance(parse_config(raw), BuiltinConfig)
+    raw.pop(key)
+    found = parse_config(raw)
+    assert isinstance(found, str) and key in found
+
+
+def test_untied_checkpoint_without_the_key_loads(tiny_model, tmp_path, monkeypatch):
+    """Without tie_word_embeddings the built-in model ties (the head is never run): a checkpoint with a
+    separate lm_head.weight still loads, and its head is copied through as an unpruned tensor."""
+    import shutil
+
+    from tiny_models import edit_tensor
+
+    d = tmp_path / "untied"
+    shutil.copytree(tiny_model("llama"), d)
+    raw = json.loads((d / "config.json").read_text())
+    raw.pop("tie_word_embeddings", None)
+    (d / "config.json").write_text(json.dumps(raw))
+    edit_tensor(d, "lm_head.weight", lambda w: w + 1)  # the tiny Llama is untied: its own head
+    monkeypatch.delenv("FEATPRUNE_MODEL_CODE", raising=False)
+    skel = ModelSkeleton(Checkpoint(d))
+    assert skel.model_code == "builtin" and "lm_head.weight" in skel.other_keys
+
+
 def test_old_rope_format_and_defaults(tiny_model):
     """rope_theta at the top level (before transformers 5) and configs without attention_bias/head_dim."""
     raw = _config("llama", tiny_model)
     theta = raw.pop("rope_parameters")["rope_theta"]
-    for key in ("attention_bias", "mlp_bias", "head_dim", "layer_types"):
+    for key in ("attention_bias", "mlp_bias", "head_dim", "layer_types", "tie_word_embeddings"):
         raw.pop(key, None)
     raw["rope_theta"] = theta
     cfg = parse_config(raw)
     assert isinstance(cfg, BuiltinConfig)
-    assert cfg.rope_thetas == {"full_attention": theta} and cfg.attention_bias is False
+    assert cfg.rope_thetas == {"full_attention": theta} and cfg.attention_bias is False and cfg.tie_word_embeddings
     assert cfg.head_dim == raw["hidden_size"] // raw["num_attention_heads"]
     with pytest.raises(AttributeError):
         cfg.no_such_key  # noqa: B018 (getattr's default must apply)

@@ -15,9 +15,14 @@ _SUPPORTED = ("llama", "mistral", "qwen2", "gemma3_text")
 _ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
              "rms_norm_eps")
-# Defaults of transformers' config classes that have not changed across its versions.
+# Keys whose transformers default differs from what a missing key would mean here (e.g. Mistral's
+# sliding_window defaults to 4096, Gemma 3's head_dim to 256): required, per family.
+_REQUIRED_BY_FAMILY = {"mistral": ("num_key_value_heads", "sliding_window"), "qwen2": ("num_key_value_heads",),
+                       "gemma3_text": ("num_key_value_heads", "head_dim", "query_pre_attn_scalar")}
+# Defaults every supported family's config class shares. tie_word_embeddings: the output head is never
+# run, so tying only decides whether the checkpoint must hold a separate lm_head.weight; tied accepts both.
 _DEFAULTS: dict[str, Any] = {"attention_bias": False, "mlp_bias": False, "head_dim": None,
-                             "tie_word_embeddings": False, "pad_token_id": None}
+                             "tie_word_embeddings": True, "pad_token_id": None}
 
 
 class BuiltinConfig:
@@ -68,7 +73,7 @@ def parse_config(raw: dict) -> BuiltinConfig | str:
     mt = raw.get("model_type")
     if mt not in _SUPPORTED:
         return f"model_type {mt!r} has no built-in code (built in: {', '.join(_SUPPORTED)})"
-    missing = [k for k in _REQUIRED if k not in raw]
+    missing = [k for k in _REQUIRED + _REQUIRED_BY_FAMILY.get(mt, ()) if k not in raw]
     if missing:
         return f"config.json lacks {', '.join(missing)}"
     gemma = mt == "gemma3_text"
@@ -88,16 +93,16 @@ def parse_config(raw: dict) -> BuiltinConfig | str:
                 or set(layer_types) - {"full_attention", "sliding_attention"}:
             return "config.json's layer_types are missing or unknown"
         if "sliding_attention" in layer_types:
-            window = raw.get("sliding_window")
-        if "query_pre_attn_scalar" not in raw:
-            return "config.json lacks query_pre_attn_scalar"
+            if "sliding_window" not in raw:
+                return "config.json lacks sliding_window"
+            window = raw["sliding_window"]
         scaling = float(raw["query_pre_attn_scalar"]) ** -0.5
     else:
         scaling = float(head_dim) ** -0.5
         if mt == "qwen2" and raw.get("use_sliding_window"):
             return "Qwen2's sliding-window layers have no built-in code"
-        if mt == "mistral":  # one sliding window for every layer, or none
-            window = raw.get("sliding_window")
+        if mt == "mistral":  # one sliding window for every layer, or none (null)
+            window = raw["sliding_window"]
         layer_types = ["sliding_attention" if window is not None else "full_attention"] * n
         if raw.get("layer_types") not in (None, layer_types):
             return "config.json's layer_types have no built-in code"
