@@ -1,8 +1,8 @@
 """config.json -> the settings featprune's built-in model code needs, or the reason it cannot run it.
 
 Only what the calibration forward uses is read. A key the built-in code would have to guess is a
-reason to fall back to transformers' own model code, except the few defaults every version of
-transformers agrees on (listed in _DEFAULTS).
+reason to fall back to transformers' own model code; the exceptions (_DEFAULTS) are defaults that all
+four families' config classes share, or that cannot change a block's output.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_atten
 # sliding_window defaults to 4096, Gemma 3's head_dim to 256): required, per family.
 _REQUIRED_BY_FAMILY = {"mistral": ("num_key_value_heads", "sliding_window"), "qwen2": ("num_key_value_heads",),
                        "gemma3_text": ("num_key_value_heads", "head_dim", "query_pre_attn_scalar")}
-# Defaults every supported family's config class shares. tie_word_embeddings: the output head is never
+# Defaults all four families' config classes share, except tie_word_embeddings: the output head is never
 # run, so tying only decides whether the checkpoint must hold a separate lm_head.weight; tied accepts both.
 _DEFAULTS: dict[str, Any] = {"attention_bias": False, "mlp_bias": False, "head_dim": None,
                              "tie_word_embeddings": True, "pad_token_id": None}
