@@ -237,6 +237,34 @@ def naive_arm(model: Path, out: Path, common: list[str]) -> dict:
             "load": load}
 
 
+def token_cache_record(model: Path, texts: list[str], folder: Path) -> Path:
+    """The token cache file a first run writes for `model` (ids, and the record of the tokenizer's
+    pipeline the direct path checks), made here with transformers' tokenizer."""
+    from transformers import AutoTokenizer
+
+    from featprune_ext.data.token_cache import CachedTokenizer
+
+    cached = CachedTokenizer(model, lambda: AutoTokenizer.from_pretrained(model), folder)
+    for t in texts:
+        cached(t)
+    cached.save()
+    (path,) = folder.iterdir()
+    if "pipeline_sha256" not in json.loads(path.read_text(encoding="utf-8")):
+        raise SystemExit(f"--new-texts: {model}'s tokenizer has no `tokenizers` pipeline: no direct path to time")
+    return path
+
+
+def fresh_token_cache(folder: Path, mode: str, record: Path) -> Path:
+    """A token cache folder for one run on texts it has not seen: empty ("cold"), or holding only the
+    tokenizer's record, its ids dropped ("direct")."""
+    folder.mkdir(parents=True)
+    if mode == "direct":
+        data = json.loads(record.read_text(encoding="utf-8"))
+        data["ids"] = {}
+        (folder / record.name).write_text(json.dumps(data), encoding="utf-8")
+    return folder
+
+
 # -- masks -----------------------------------------------------------------------------------------
 def _weight_map(d: Path) -> dict:
     from safetensors import safe_open
@@ -303,6 +331,10 @@ def main(argv=None) -> int:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VAR=VALUE",
                    help="extra featprune arm run with the environment variable VAR=VALUE (e.g. "
                         "nofork=FEATPRUNE_FORK=0: the calibration built in-process)")
+    p.add_argument("--new-texts", action="store_true",
+                   help="two more featprune arms for texts the token cache has not seen: 'cold' (a fresh empty "
+                        "cache: transformers' tokenizer is loaded) and 'direct' (a fresh cache holding only the "
+                        "tokenizer's verified pipeline record: tokenizer.json is loaded by `tokenizers` alone)")
     p.add_argument("--src-batch-size", default=None, help="--batch-size of the --src arms (default: --batch-size)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--naive", action="store_true", help="also run the naive in-memory Wanda")
@@ -330,6 +362,9 @@ def main(argv=None) -> int:
         name, _, assignment = spec.partition("=")
         var, _, value = assignment.partition("=")
         arms.append({"name": f"featprune ({name})", "src": None, "dtype": args.dtype, "env": {var: value}})
+    if args.new_texts:
+        arms += [{"name": f"featprune (new texts, {mode})", "src": None, "dtype": args.dtype, "cache": mode}
+                 for mode in ("cold", "direct")]
     for dt in filter(None, args.dtypes.split(",")):
         arms.append({"name": f"featprune --dtype {dt}", "src": None, "dtype": dt})
     results: dict[str, list[dict]] = {a["name"]: [] for a in arms}
@@ -343,6 +378,8 @@ def main(argv=None) -> int:
         common = ["--calib-texts", str(calib), "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
                   "--sparsity", str(args.sparsity)]
         first_out = tmp / "keep-0"
+        record = token_cache_record(model, [json.loads(line)["text"] for line in calib.read_text().splitlines()],
+                                    tmp / "record") if args.new_texts else None
         for r in range(args.repeats):
             order = [*arms, "floor"] + (["naive"] if args.naive else [])
             if r % 2:
@@ -365,8 +402,12 @@ def main(argv=None) -> int:
                 else:
                     k = arms.index(arm)
                     out = tmp / (f"keep-{k}" if r == 0 else f"run-{k}-{r}")
+                    env = arm.get("env")
+                    if arm.get("cache"):
+                        env = {"FEATPRUNE_TOKEN_CACHE": str(fresh_token_cache(tmp / f"cache-{k}-{r}", arm["cache"],
+                                                                              record))}
                     res = featprune_arm(model, out, common, arm.get("batch_size", args.batch_size), arm["dtype"],
-                                        arm["src"], arm.get("env"))
+                                        arm["src"], env)
                     results[arm["name"]].append(res)
                     if r == 0:
                         digests[arm["name"]] = mask_digest(out) if "error" not in res else None

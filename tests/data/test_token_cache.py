@@ -60,12 +60,63 @@ def test_new_texts_are_added_to_what_is_cached(tok_dir, tmp_path):
     calls = []
     b = CachedTokenizer(tok_dir, counting_loader(tok_dir, calls), cache)
     b(TEXTS[0])
-    assert calls == []
-    b(TEXTS[1])  # a miss loads the tokenizer
-    assert calls == [1] and b.status == "miss"
+    assert calls == [] and b.status == "hit"
+    b(TEXTS[1])  # a miss: encoded by the verified tokenizer.json, transformers' tokenizer not loaded
+    assert calls == [] and b.status == "direct"
+    assert b(TEXTS[1])["input_ids"] == AutoTokenizer.from_pretrained(tok_dir)(TEXTS[1])["input_ids"]
     b.save()
     c = CachedTokenizer(tok_dir, never_loaded, cache)
-    assert c(TEXTS[0]) and c(TEXTS[1]) and c.status == "hit"
+    assert c(TEXTS[0]) and c(TEXTS[1]) and c.status == "hit" and c.eos_token == "</s>"
+    c(TEXTS[2])  # the record that allows the direct path survived a save by the direct path
+    assert c.status == "direct"
+
+
+def _cache_file(cache):
+    (path,) = cache.iterdir()
+    return path
+
+
+def test_direct_path_needs_the_recorded_pipeline(tok_dir, tmp_path):
+    """A recorded pipeline hash that tokenizer.json does not give (or no record) means transformers'
+    tokenizer is loaded, whatever the ids would be."""
+    cache = tmp_path / "cache"
+    first = CachedTokenizer(tok_dir, counting_loader(tok_dir, []), cache)
+    first(TEXTS[0])
+    first.save()
+    data = json.loads(_cache_file(cache).read_text())
+    assert len(data["pipeline_sha256"]) == 64 and data["split_special_tokens"] is False
+    for edit in (lambda d: d.update(pipeline_sha256="0" * 64), lambda d: d.pop("pipeline_sha256"),
+                 lambda d: d.update(split_special_tokens="no")):
+        changed = dict(data)
+        edit(changed)
+        _cache_file(cache).write_text(json.dumps(changed))
+        calls = []
+        again = CachedTokenizer(tok_dir, counting_loader(tok_dir, calls), cache)
+        assert again(TEXTS[1])["input_ids"] == AutoTokenizer.from_pretrained(tok_dir)(TEXTS[1])["input_ids"]
+        assert calls == [1] and again.status == "miss"
+
+
+def test_direct_path_refused_when_transformers_changes_the_pipeline(tok_dir, tmp_path):
+    """transformers may build a pipeline other than tokenizer.json's (here: a post-processor adding BOS,
+    as tokenizer_config settings do for some families): the recorded hash is then not tokenizer.json's,
+    and every miss loads transformers' tokenizer."""
+    from tokenizers.processors import TemplateProcessing
+
+    def load(calls=None):
+        if calls is not None:
+            calls.append(1)
+        real = AutoTokenizer.from_pretrained(tok_dir)
+        real.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        return real
+
+    cache = tmp_path / "cache"
+    first = CachedTokenizer(tok_dir, load, cache)
+    assert first(TEXTS[0])["input_ids"][0] == 1
+    first.save()
+    calls = []
+    again = CachedTokenizer(tok_dir, lambda: load(calls), cache)
+    assert again(TEXTS[1])["input_ids"] == load()(TEXTS[1])["input_ids"] and again(TEXTS[1])["input_ids"][0] == 1
+    assert calls == [1] and again.status == "miss"
 
 
 @pytest.mark.parametrize("change", ["edit tokenizer_config.json", "add a file", "library version"])
@@ -152,6 +203,10 @@ def test_real_gemma_tokenizer_ids_from_the_cache(gemma3_dir, tmp_path):
     first.save()
     again = CachedTokenizer(gemma3_dir, never_loaded, tmp_path / "cache")
     assert [again(t)["input_ids"] for t in texts] == ids and again.eos_token == real.eos_token
+    more = ["Deutsch: Grüße aus Köln\nEnglish: Greetings", "<bos>twice<bos>", "\t tabs\u00a0and nbsp  ", "٣ أرقام"]
+    direct = CachedTokenizer(gemma3_dir, never_loaded, tmp_path / "cache")  # new texts: tokenizer.json directly
+    assert [direct(t)["input_ids"] for t in more] == [real(t)["input_ids"] for t in more]
+    assert direct.status == "direct"
 
 
 def test_prune_twice_second_run_hits_with_the_same_output(tiny_model, calib_jsonl, tmp_path, monkeypatch):
@@ -188,4 +243,4 @@ def test_an_entry_that_is_not_ids_is_not_trusted(tok_dir, tmp_path):
     calls = []
     again = CachedTokenizer(tok_dir, counting_loader(tok_dir, calls), cache)
     assert again(TEXTS[0])["input_ids"] == AutoTokenizer.from_pretrained(tok_dir)(TEXTS[0])["input_ids"]
-    assert calls == [1]
+    assert again.status == "direct"  # encoded again (by the verified tokenizer.json), not read from the entry
