@@ -68,6 +68,10 @@ def cpu_has_path(path: str) -> bool:
 
 
 MUTANTS = [
+    Mutant("token-cache-direct-unverified", "the token cache encodes misses with tokenizer.json without checking "
+           "that transformers' tokenizer runs the same pipeline", "data/token_cache.py",
+           [("self._direct = backend if _pipeline_sha(backend) == sha else None", "self._direct = backend")],
+           ["tests/data/test_token_cache.py::test_direct_path_refused_when_transformers_changes_the_pipeline"]),
     Mutant("builtin-gemma-norm-cast", "the built-in Gemma RMSNorm scales after casting back, not in fp32",
            "models/decoder.py",
            [("return (y * (1.0 + self.weight.float())).type_as(x)",
