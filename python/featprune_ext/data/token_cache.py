@@ -13,9 +13,10 @@ New texts for a tokenizer seen before need not load transformers either. When tr
 runs on a `tokenizers` pipeline, the cache records a sha256 of that pipeline as it encodes (its JSON,
 truncation and padding off) and its split_special_tokens setting. A later miss loads tokenizer.json
 with the `tokenizers` library alone (1.0 s for Gemma 3's, against 4.3 s for importing transformers
-and building its tokenizer: bench/RESULTS.md, session 11) and uses it only if its pipeline hashes the same. Then it runs the pipeline
-transformers' tokenizer runs (transformers 5 encodes a text with that pipeline's encode; the tests
-compare the ids, on Gemma 3's tokenizer too): status "direct". Otherwise transformers' tokenizer loads.
+and building its tokenizer: bench/RESULTS.md, session 11) and uses it only if its pipeline hashes the
+same. Then it runs the pipeline transformers' tokenizer runs (transformers 5 encodes a text with that
+pipeline's encode; the tests compare the ids, on Gemma 3's tokenizer too): status "direct".
+Otherwise transformers' tokenizer loads.
 
 FEATPRUNE_TOKEN_CACHE: the cache folder (default ~/.cache/featprune/tokens); 0 turns the cache off.
 A cache file that cannot be read is ignored and rewritten; a cache that cannot be written is skipped.
