@@ -59,12 +59,13 @@ def _calibration(model_dir: Path, method, *, calib, calib_texts, contrast, data,
     from .data.calibration_set import read_jsonl_texts
     from .engine.families import max_positions
     from .forked import ForkedCall
+    from .models import load_config
 
     if not calib_texts and not calib:
         raise InputError(f"--method {method.name} needs calibration data: --calib SPEC or --calib-texts FILE.jsonl")
     if calib_texts and calib:
         raise InputError("give --calib or --calib-texts, not both (--calib texts:FILE.jsonl combines them)")
-    config = _model_config(model_dir)
+    config = load_config(model_dir)
     limit = max_positions(config)
     seqlen = seqlen or (min(2048, limit) if limit else 2048)
     if limit is not None and seqlen > limit:
@@ -72,26 +73,6 @@ def _calibration(model_dir: Path, method, *, calib, calib_texts, contrast, data,
     texts, buckets = read_jsonl_texts(calib_texts) if calib_texts else (None, None)
     return ForkedCall(lambda: _build_calibration(model_dir, calib, contrast, texts, buckets, calib_texts, data=data,
                                                  nsamples=nsamples, seqlen=seqlen, shots=shots, seed=seed))
-
-
-def _model_config(model_dir: Path):
-    """The model's config: featprune's built-in one when it covers the family (no transformers import)."""
-    import json
-
-    from .models import BuiltinConfig, builtin_config
-
-    try:
-        builtin = builtin_config(json.loads((Path(model_dir) / "config.json").read_text()))
-    except (OSError, ValueError):
-        builtin = None  # AutoConfig below names the problem
-    if isinstance(builtin, BuiltinConfig):
-        return builtin
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(model_dir)
-    except (ValueError, KeyError, OSError) as exc:
-        raise InputError(f"unknown architecture in {model_dir}/config.json: {str(exc).splitlines()[0]}") from None
 
 
 def _load_tokenizer(model_dir):

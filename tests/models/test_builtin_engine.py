@@ -65,3 +65,16 @@ def test_pruning_run_never_imports_transformers(tiny_model, calib_jsonl, tmp_pat
         assert "IMPORTED []" in proc.stdout, proc.stdout
         report = json.loads((tmp_path / out / "featprune.json").read_text())
         assert report["model"]["model_code"] == "builtin"
+
+
+def test_bad_model_code_setting_fails_before_calibration(tiny_model, calib_jsonl, tmp_path, monkeypatch):
+    """api.prune reads FEATPRUNE_MODEL_CODE with the model's config, before the calibration child starts."""
+    from featprune_ext import api
+    from featprune_ext.errors import InputError
+
+    monkeypatch.setenv("FEATPRUNE_MODEL_CODE", "fast")
+    monkeypatch.setattr(api, "_build_calibration", lambda *a, **k: pytest.fail("calibration started"))
+    with pytest.raises(InputError, match="FEATPRUNE_MODEL_CODE must be one of"):
+        api.prune(tiny_model("llama"), tmp_path / "out", sparsity=0.5, calib_texts=calib_jsonl, nsamples=4,
+                  seqlen=16, progress=False)
+    assert not (tmp_path / "out").exists()

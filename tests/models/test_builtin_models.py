@@ -31,16 +31,19 @@ def _batches(vocab: int, seed: int) -> list[Batch]:
     return out
 
 
-def _block_outputs(model_dir, dtype, code: str, monkeypatch, device="cpu") -> tuple[str, list[list[torch.Tensor]]]:
+def _block_outputs(model_dir, dtype, code: str, monkeypatch, device="cpu", seed=1, pick=slice(None),
+                   num_blocks=None) -> tuple[str, list[list[torch.Tensor]]]:
+    """(model code, [first block's inputs, block 0's outputs, ...]) per batch: _batches(vocab, seed)[pick]
+    through the first num_blocks blocks (default: all)."""
     monkeypatch.setenv("FEATPRUNE_MODEL_CODE", code)
     skel = ModelSkeleton(Checkpoint(model_dir), dtype)
-    batches = _batches(skel.config.vocab_size, seed=1)
+    batches = _batches(skel.config.vocab_size, seed=seed)[pick]
     device = torch.device(device)
     with torch.no_grad():
         skel.load_pre_block(torch.cat([b.ids.reshape(-1) for b in batches]), device, dtype)
         calls, hidden = capture_block_calls(skel.model, skel.blocks, batches, device)
         outs = [list(hidden)]
-        for i in range(skel.num_blocks):
+        for i in range(skel.num_blocks if num_blocks is None else num_blocks):
             block = skel.attach_block(i, skel.read_block(i), device, dtype)
             hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]
             outs.append(hidden)
@@ -70,23 +73,12 @@ def test_real_gemma_and_smollm2_blocks_bit_identical(gemma3_dir, smollm2_dir, mo
     """The real checkpoints (bf16 compute, 262k and 49k vocabularies, Gemma's 512-token window not
     reached): embeddings and the first two blocks."""
     for d in (gemma3_dir, smollm2_dir):
-        for code in ("auto", "transformers"):
-            monkeypatch.setenv("FEATPRUNE_MODEL_CODE", code)
-            skel = ModelSkeleton(Checkpoint(d), torch.bfloat16)
-            batches = _batches(skel.config.vocab_size, seed=2)[1:3]
-            with torch.no_grad():
-                skel.load_pre_block(torch.cat([b.ids.reshape(-1) for b in batches]), torch.device("cpu"),
-                                    torch.bfloat16)
-                calls, hidden = capture_block_calls(skel.model, skel.blocks, batches, torch.device("cpu"))
-                for i in range(2):
-                    block = skel.attach_block(i, skel.read_block(i), torch.device("cpu"), torch.bfloat16)
-                    hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]
-            if code == "auto":
-                assert skel.model_code == "builtin"
-                ours = hidden
-            else:
-                for x, y in zip(ours, hidden):
-                    assert torch.equal(x, y)
+        runs = {code: _block_outputs(d, torch.bfloat16, code, monkeypatch, seed=2, pick=slice(1, 3), num_blocks=2)
+                for code in ("auto", "transformers")}
+        (code, ours), (_, theirs) = runs["auto"], runs["transformers"]
+        assert code == "builtin"
+        for a, b in zip(ours, theirs):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_module_tree_matches_transformers(tiny_model, monkeypatch):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, NonFiniteError
-from ..models import BuiltinConfig, build_causal_lm, builtin_config
+from ..models import BuiltinConfig, build_causal_lm, builtin_config, transformers_config
 from .checkpoint import Checkpoint
 from .families import PrunableLinear, find_blocks, max_positions, prunable_linears
 from .moe import check_no_fused_experts, unfuse_experts
@@ -137,15 +137,10 @@ class ModelSkeleton:
 
     def _transformers_model(self):
         """(config, model with meta parameters) from transformers' own classes."""
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
         ckpt = self.ckpt
-        try:
-            config = AutoConfig.from_pretrained(ckpt.dir)
-        except (ValueError, KeyError, OSError) as exc:
-            mt = ckpt.config_dict.get("model_type")
-            raise InputError(f"unknown architecture (model_type {mt!r}) in {ckpt.dir}/config.json: "
-                             f"{str(exc).splitlines()[0]}") from None
+        config = transformers_config(ckpt.dir, ckpt.config_dict.get("model_type"))
         try:
             with _params_on_meta():
                 model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)

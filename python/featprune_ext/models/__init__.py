@@ -7,13 +7,16 @@ before the built-in code; also the fallback for every model the built-in code do
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 from ..errors import InputError
 from .config import BuiltinConfig, parse_config
 from .decoder import BuiltinCausalLM, build_causal_lm
 
-__all__ = ["BuiltinCausalLM", "BuiltinConfig", "build_causal_lm", "builtin_config"]
+__all__ = ["BuiltinCausalLM", "BuiltinConfig", "build_causal_lm", "builtin_config", "load_config",
+           "transformers_config"]
 
 _CHOICES = ("auto", "transformers")
 
@@ -27,3 +30,27 @@ def builtin_config(config_dict: dict) -> BuiltinConfig | str:
     if choice == "transformers":
         return "FEATPRUNE_MODEL_CODE=transformers"
     return parse_config(config_dict)
+
+
+def transformers_config(model_dir, model_type=None):
+    """transformers' AutoConfig for model_dir; InputError naming the model_type when it cannot read it."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except (ValueError, KeyError, OSError) as exc:
+        raise InputError(f"unknown architecture (model_type {model_type!r}) in {model_dir}/config.json: "
+                         f"{str(exc).splitlines()[0]}") from None
+
+
+def load_config(model_dir):
+    """The model's config: the built-in one when the built-in code covers it (no transformers import),
+    else transformers' AutoConfig."""
+    try:
+        raw = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        raw = None  # AutoConfig names the problem
+    if not isinstance(raw, dict):
+        return transformers_config(model_dir)
+    builtin = builtin_config(raw)
+    return builtin if isinstance(builtin, BuiltinConfig) else transformers_config(model_dir, raw.get("model_type"))
