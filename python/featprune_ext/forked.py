@@ -7,8 +7,8 @@ the parent imports the model class and builds the model's skeleton, on the other
 returns its result (or its exception, and the warnings it raised) through a pipe, pickled.
 
 Forking is skipped (the function runs in the caller) where it is not safe or not wanted: not
-Linux, other Python threads alive (a lock they hold would stay held in the child), or
-FEATPRUNE_FORK=0.
+Linux, other Python threads alive (a lock they hold would stay held in the child), or fork=False
+(engine/tuning.py's Tuning.fork, a benchmark lever).
 """
 
 from __future__ import annotations
@@ -24,13 +24,9 @@ from typing import Any, Callable
 
 __all__ = ["ForkedCall", "fork_allowed"]
 
-FORK_ENV = "FEATPRUNE_FORK"
-
-
 def fork_allowed() -> bool:
     # Linux only: on macOS, system frameworks loaded by torch are not safe to use after fork
-    return (sys.platform.startswith("linux") and os.environ.get(FORK_ENV, "1") != "0"
-            and threading.active_count() == 1)
+    return sys.platform.startswith("linux") and threading.active_count() == 1
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -50,6 +46,7 @@ class ForkedCall:
     """
 
     def __init__(self, fn: Callable[[], Any], *, fork: bool | None = None):
+        """fork: True forks (the tests), False runs fn here, None forks where fork_allowed()."""
         self._pid, self._fd, self._done, self._value = None, None, False, None
         if not (fork_allowed() if fork is None else fork):
             self._run_here(fn)
@@ -100,8 +97,8 @@ class ForkedCall:
         if not chunks:
             how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                    else f"exit status {os.WEXITSTATUS(status)}")
-            return ("err", RuntimeError(f"the forked child died without a result ({how}); rerun with "
-                                        f"{FORK_ENV}=0 to work in one process"), [])
+            return ("err", RuntimeError(f"the forked child died without a result ({how}); featprune_ext.prune("
+                                        "..., tuning=Tuning(fork=False)) works in one process"), [])
         return pickle.loads(b"".join(chunks))
 
     def close(self) -> None:

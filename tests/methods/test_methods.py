@@ -84,12 +84,15 @@ def test_protected_columns_dense_and_k_exact_per_row():
     m = methods.Wanda(protection=OutlierProtection(top_percent=5))
     w = torch.randn(30, 40)
     w[:, [3, 17]] = 1e-6  # tiny weights: plain Wanda would prune them despite the big feature
+    w2 = w.clone()
     zeroed = m.prune_(w, st, sparsity=0.5, name="model.layers.0.mlp.up_proj.weight")
     assert zeroed == 30 * 20
     assert (w[:, [3, 17]] != 0).all()
     assert torch.all((w == 0).sum(dim=1) == 20)
-    note = m.matrix_notes["model.layers.0.mlp.up_proj.weight"]
-    assert note == {"protected_columns": 2, "protected": [3, 17]}
+    # the engine's call: the same mask, and what the report says about the matrix
+    result = m.prune_matrix_(w2, st, sparsity=0.5, name="model.layers.0.mlp.up_proj.weight")
+    assert result.pruned == zeroed and torch.equal(w2, w)
+    assert result.notes == {"protected_columns": 2, "protected": [3, 17]}
 
 
 def test_protection_skips_matrices_not_reading_the_hidden_state():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["batch_size", "fraction", "positive_int"]
+__all__ = ["VALUE_TYPES", "batch_size", "fraction", "positive_int", "seconds"]
 
 
 def fraction(text: str) -> float:
@@ -32,3 +32,19 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def seconds(text: str) -> float:
+    """A number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
+# the value kinds of featprune_ext.settings.Option.type
+VALUE_TYPES = {"int": int, "float": float, "fraction": fraction, "positive_int": positive_int,
+               "batch_size": batch_size, "seconds": seconds}

@@ -7,99 +7,78 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..files import atomic_write_json
-from .args import batch_size, fraction, positive_int
 
 PRUNE_EXAMPLES = """examples:
+  featprune prune MODEL --out pruned/ --calib-texts my.jsonl --sparsity 0.5
   featprune data gettext --langs fr,zh_CN --out corpus/
   featprune prune MODEL --out pruned/ --calib mt:fr-en --data corpus/ --sparsity 0.5
   featprune prune MODEL --out pruned/ --calib mt:fr-en+mt:zh-en --contrast code --protect-top 1 \\
       --data corpus/ --sparsity 0.5 --device cuda
-  featprune prune MODEL --out pruned/ --calib mt:fra_Latn-eng_Latn --data flores200_dataset/ --preset paper \
+  featprune prune MODEL --out pruned/ --calib mt:fra_Latn-eng_Latn --data flores200_dataset/ --preset paper \\
       --sparsity 0.5
   featprune prune MODEL --out pruned/ --calib-texts my.jsonl --pattern 2:4 --ignore '.*down_proj'
   featprune prune MODEL --out pruned/ --calib-texts my.jsonl --method sparsegpt --sparsity 0.5 --layerwise owl
+  featprune prune MODEL --out pruned/ --method magnitude --sparsity 0.3
   torchrun --nproc-per-node 4 -m featprune_ext.cli prune MODEL --out pruned/ --calib mt:fr-en --data corpus/ \\
       --sparsity 0.5 --device cuda
 """
 
 
-
 def add_parser(subparsers, parents) -> None:
-    from ..data.presets import PRESETS
-    from ..methods import method_names
-
     p = subparsers.add_parser(
         "prune", parents=parents, help="prune a local Hugging Face model block by block",
         description="Prune every linear layer of every transformer block, streaming one block at a time, "
-                    "and write a new model directory that from_pretrained loads.",
+                    "and write a new model directory that from_pretrained loads. An option that does not apply "
+                    "to the chosen method or mode is an error.",
         epilog=PRUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", help="local model directory (config.json, safetensors, tokenizer)")
     p.add_argument("--out", required=True, help="output directory (must not exist; built in OUT.partial first)")
-    p.add_argument("--calib-texts", help='JSONL file of {"text": ...} objects, one calibration sample each '
-                                         '(optional "bucket" field); needed by calibrated methods')
-    p.add_argument("--calib", metavar="SPEC",
-                   help="the paper's demonstrations: mt:fr-en (translation), mono:fr, code, texts:FILE.jsonl; "
-                        "combine with + (mt:fr-en+mt:zh-en); statistics are kept per component")
-    p.add_argument("--data", metavar="DIR", help="parallel/monolingual corpus for --calib: FLORES-200 dir, "
-                                                  "TSV/JSONL, saved HF dataset, or `featprune data gettext` output")
-    p.add_argument("--shots", type=positive_int, default=None,
-                   help="demonstrations per sample (default 4, as the paper)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="paper: the paper's calibration (100 samples, 4 shots, 512 tokens, X->English "
-                        "demonstrations, FLORES dev split); explicit --nsamples/--shots/--seqlen override it")
-    p.add_argument("--contrast", metavar="SPEC",
-                   help="contrast set (e.g. code or mono:en): prune with norm = base * base / contrast "
-                        "(the paper's refinement); implies --method contrastive")
-    p.add_argument("--protect-top", type=float, default=0.0, metavar="P",
-                   help="never prune the top P%% input features by RMS in matrices reading the hidden state")
-    p.add_argument("--protect-absmax", type=float, default=None, metavar="T",
-                   help="never prune input features whose max |x| reaches T (LLM.int8() used 6.0); off by default")
-    p.add_argument("--nsamples", type=positive_int, default=None,
-                   help="calibration samples (default 128; 100 with --preset paper)")
-    p.add_argument("--seqlen", type=positive_int, default=None,
-                   help="tokens per sample, longer texts are cut (default: min(2048, model limit); 512 with "
-                        "--preset paper)")
-    p.add_argument("--targets", action="append", metavar="PATTERN",
-                   help="prune only matching matrices (repeatable): a module class name (Linear, Conv1D, "
-                        "LlamaAttention) or a regex matched with re.fullmatch against the checkpoint name without "
-                        ".weight (model.layers.0.self_attn.q_proj, '.*down_proj'); default: every Linear/Conv1D in "
-                        "the blocks except MoE routers")
-    p.add_argument("--ignore", action="append", metavar="PATTERN",
-                   help="never prune matching matrices (repeatable; same syntax as --targets); they are copied "
-                        "unchanged and listed as skipped in featprune.json")
-    p.add_argument("--sparsity", type=fraction, default=None, help="fraction of each row to prune, e.g. 0.5")
-    p.add_argument("--pattern", default=None, help="N:M semi-structured sparsity instead, e.g. 2:4")
-    p.add_argument("--method", default="wanda", choices=method_names(), help="default: wanda")
-    p.add_argument("--sparsegpt-damp", type=float, default=0.01, metavar="F",
-                   help="sparsegpt: dampening, a fraction of the Hessian's mean diagonal (default 0.01)")
-    p.add_argument("--sparsegpt-blocksize", type=positive_int, default=128, metavar="B",
-                   help="sparsegpt: columns per lazy-update block (default 128)")
-    p.add_argument("--layerwise", choices=["owl"], default=None,
-                   help="owl: per-block sparsity from each block's share of outlier Wanda scores (Yin et al. 2024); "
-                        "one extra dense pass over the model; with --sparsity, not --pattern")
-    p.add_argument("--owl-m", type=float, default=5.0, metavar="M",
-                   help="owl: a score is an outlier above M x the block's mean score (default 5)")
-    p.add_argument("--owl-lambda", type=float, default=0.08, metavar="L",
-                   help="owl: block sparsities spread over [s - L, s + L] (default 0.08)")
-    p.add_argument("--seed", type=int, default=0, help="sample selection and random-mask seed (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="dtype of the forward passes (default: the checkpoint's storage dtype); statistics are "
-                        "accumulated in fp32/fp64 and weights are written back in their stored dtype")
-    p.add_argument("--batch-size", type=batch_size, default="auto",
-                   help="calibration samples per forward pass, or auto (default): as many as keep one block's "
-                        "activations under a quarter of the free memory, up to 2048 tokens per batch on CPU and "
-                        "16384 on CUDA; padding never enters the statistics")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial")
-    p.add_argument("--distributed", action="store_true",
-                   help="data-parallel calibration across the ranks of a torchrun launch (implied under torchrun): "
-                        "torchrun --nproc-per-node N -m featprune_ext.cli prune ...")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", metavar="FILE", help="also write the run's summary (featprune.json) to FILE")
+    add_settings_groups(p)
+    output = p.add_argument_group("run and output")
+    output.add_argument("--distributed", action="store_true",
+                        help="data-parallel calibration across the ranks of a torchrun launch (implied under "
+                             "torchrun): torchrun --nproc-per-node N -m featprune_ext.cli prune ...")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    output.add_argument("--json", metavar="FILE", help="also write the run's summary (featprune.json) to FILE")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def add_settings_groups(parser: argparse.ArgumentParser) -> None:
+    """One argument group per settings concern (featprune_ext.settings), each option as declared there.
+    Every default is None (or False): what was not given stays visible to the settings' checks."""
+    from ..settings import CONCERNS, flag_of, options_of
+    from .args import VALUE_TYPES
+
+    for _, cls in CONCERNS:
+        group = parser.add_argument_group(cls.TITLE, " ".join((cls.__doc__ or "").split()))
+        for f, opt in options_of(cls):
+            if not opt.cli:
+                continue
+            kw = {"help": opt.help, "dest": f.name}
+            if opt.action == "store_true":
+                group.add_argument(flag_of(f.name), action="store_true", default=None, **kw)
+                continue
+            if opt.action:
+                kw["action"] = opt.action
+            if opt.type:
+                kw["type"] = VALUE_TYPES[opt.type]
+            if opt.choices is not None:
+                kw["choices"] = list(opt.choices() if callable(opt.choices) else opt.choices)
+            if opt.metavar:
+                kw["metavar"] = opt.metavar
+            group.add_argument(flag_of(f.name), default=None, **kw)
+
+
+def settings_options(args) -> dict:
+    """The settings options the user gave (argparse namespace -> featprune_ext.prune keywords)."""
+    from ..settings import CONCERNS, options_of
+
+    names = [f.name for _, cls in CONCERNS for f, opt in options_of(cls) if opt.cli]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def run(args, tuning=None) -> int:
+    """tuning: an engine.tuning.Tuning, for benchmark drivers (bench/tuned_prune.py)."""
     from ..api import prune
     from ..engine import format_report_table
     from ..engine.distributed import init_distributed, launched_by_torchrun
@@ -107,17 +86,10 @@ def run(args) -> int:
     if args.distributed and not launched_by_torchrun():
         raise InputError("--distributed needs a torchrun launch (it sets RANK and WORLD_SIZE), e.g. "
                          "torchrun --nproc-per-node 2 -m featprune_ext.cli prune ...")
-    dist = init_distributed(args.device)
+    dist = init_distributed(args.device or "cpu")
     try:
-        report = prune(args.model_dir, args.out, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
-                       calib=args.calib, calib_texts=args.calib_texts, data=args.data, contrast=args.contrast,
-                       nsamples=args.nsamples, seqlen=args.seqlen, shots=args.shots, seed=args.seed,
-                       protect_top=args.protect_top, protect_absmax=args.protect_absmax, device=args.device,
-                       batch_size=args.batch_size, dtype=args.dtype, resume=args.resume,
-                       progress=not (args.no_progress or args.quiet), dist=dist, targets=args.targets,
-                       ignore=args.ignore, preset=args.preset, sparsegpt_damp=args.sparsegpt_damp,
-                       sparsegpt_blocksize=args.sparsegpt_blocksize, layerwise=args.layerwise, owl_m=args.owl_m,
-                       owl_lambda=args.owl_lambda)
+        report = prune(args.model_dir, args.out, progress=not (args.no_progress or args.quiet), dist=dist,
+                       tuning=tuning, **settings_options(args))
     finally:
         dist.shutdown()
     if not dist.is_writer:

@@ -6,9 +6,9 @@ that takes a core from that team makes each parallel region wait for the team's 
 wall time in the passes. Niced, they run when a core would otherwise idle, and still finish before the
 main thread needs their results (its waits did not grow): bench/RESULTS.md, "Session 10".
 
-FEATPRUNE_BACKGROUND_NICE=N: the niceness added to those threads (default 10, at most 19; 0 leaves
-them at the main thread's priority). Linux only, where setpriority() takes a thread id; elsewhere
-nothing changes.
+The niceness added to those threads is a benchmark lever, Tuning.background_nice (tuning.py; default
+10, at most 19; 0 leaves them at the main thread's priority). Linux only, where setpriority() takes a
+thread id; elsewhere nothing changes.
 """
 
 from __future__ import annotations
@@ -19,26 +19,9 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import InputError
+from .tuning import DEFAULT_TUNING
 
-__all__ = ["NICE_ENV", "background_nice", "background_pool"]
-
-NICE_ENV = "FEATPRUNE_BACKGROUND_NICE"
-DEFAULT_NICE = 10
-
-
-def background_nice() -> int:
-    """The niceness to add from FEATPRUNE_BACKGROUND_NICE (InputError when it is not an integer 0..19)."""
-    raw = os.environ.get(NICE_ENV, "").strip()
-    if not raw:
-        return DEFAULT_NICE
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 19:
-        raise InputError(f"{NICE_ENV} must be an integer from 0 to 19, got {raw!r}")
-    return value
+__all__ = ["background_pool"]
 
 
 def _lower_this_thread(nice: int) -> None:
@@ -51,7 +34,7 @@ def _lower_this_thread(nice: int) -> None:
         pass
 
 
-def background_pool(name: str) -> ThreadPoolExecutor:
-    """A one-thread pool whose thread runs at the background priority."""
+def background_pool(name: str, nice: int = DEFAULT_TUNING.background_nice) -> ThreadPoolExecutor:
+    """A one-thread pool whose thread runs `nice` steps below the caller's priority."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
-                              initializer=functools.partial(_lower_this_thread, background_nice()))
+                              initializer=functools.partial(_lower_this_thread, nice))

@@ -30,27 +30,27 @@ def count_zeros(w: torch.Tensor) -> int:
 def prune_block_matrices(run, i: int, linears, stats, originals, sparsity):
     """(shard entries, per-matrix report) of block i. originals: stored-precision weights of the
     matrices whose forward passes ran in another dtype; they are pruned and written back, and the
-    module's compute copy is refreshed from them."""
-    skel = run.skel
+    module's compute copy is refreshed from them. run: the _Run (its skeleton, config, and on CUDA
+    its device-to-host stream and pending copies)."""
+    skel, config = run.skel, run.config
     matrices, entries, pruned_keys = {}, [], set()
     for pl in linears:
         key = skel.block_key(i, pl.param_name)
         stored_w = originals.get(key, pl.module.weight.data)
         w = stored_w.t() if pl.transposed else stored_w
-        count, notes = prune_matrix(run.method, w, stats.get(pl.name), sparsity=sparsity, n=run.n,
-                                    m=run.m, name=key)  # magnitude for an expert no token reached
+        result = prune_matrix(config.method, w, stats.get(pl.name), sparsity=sparsity, n=config.n, m=config.m,
+                              name=key)  # magnitude for an expert no token reached
         if key in originals:
             pl.module.weight.data.copy_(stored_w)
         zeros = count_zeros(w)
-        matrices[key] = {"shape": list(pl.module.weight.shape), "pruned": count,
-                         "sparsity": zeros / max(w.numel(), 1), **notes}
-        matrices[key].update(run.method.matrix_notes.pop(key, {}))  # e.g. protected columns
-        stored = run.ckpt.info(key).dtype  # written back in the input's dtype
+        matrices[key] = {"shape": list(pl.module.weight.shape), "pruned": result.pruned,
+                         "sparsity": zeros / max(w.numel(), 1), **result.notes}
+        stored = skel.ckpt.info(key).dtype  # written back in the input's dtype
         entries.append((key, stored_w.to(dtype=stored)))
         pruned_keys.add(key)
-    if run.device.type == "cuda":  # down on the d2h stream, overlapping the pruned pass; the writer waits
-        run.host_copies[i] = to_host(entries, run.device, run.d2h_stream)
-    entries += [(k, RawTensor(run.ckpt, k)) for k in skel.block_keys[i] if k not in pruned_keys]
+    if config.device.type == "cuda":  # down on the d2h stream, overlapping the pruned pass; the writer waits
+        run.host_copies[i] = to_host(entries, config.device, run.d2h_stream)
+    entries += [(k, RawTensor(skel.ckpt, k)) for k in skel.block_keys[i] if k not in pruned_keys]
     warn_fallbacks(i, matrices)
     return entries, matrices
 

@@ -13,8 +13,6 @@ order depends on the data), never learn an order and always run whole.
 
 from __future__ import annotations
 
-import os
-
 __all__ = ["CallOrder", "InputsSeen", "call_orders_for_run"]
 
 
@@ -22,10 +20,10 @@ class InputsSeen(Exception):
     """Raised from the last linear's hook: every input of this batch is in."""
 
 
-def call_orders_for_run() -> dict | None:
-    """The learnt orders, shared by every block of one run; None (FEATPRUNE_STATS_EARLY_STOP=0) runs
+def call_orders_for_run(early_stop: bool = True) -> dict | None:
+    """The learnt orders, shared by every block of one run; None (Tuning.stats_early_stop False) runs
     every batch to the block's end, the behaviour before this lever (for A/B measurements)."""
-    return None if os.environ.get("FEATPRUNE_STATS_EARLY_STOP") == "0" else {}
+    return {} if early_stop else None
 
 
 class CallOrder:

@@ -11,7 +11,7 @@ otherwise it is dropped and the shard is written as before.
 
 The copy goes into an unnamed file (O_TMPFILE) in the output's parent folder: until it is linked into
 place, a crash frees it with the process and leaves nothing behind. Filesystems or systems without
-unnamed files skip the early copy. FEATPRUNE_EARLY_SHARD=0 turns it off.
+unnamed files skip the early copy. Tuning.early_shard=False (tuning.py) turns it off.
 """
 
 from __future__ import annotations
@@ -80,10 +80,10 @@ class EarlyShard:
 
 def start_early_shard(ckpt: Checkpoint, part: Path, dist=None) -> EarlyShard | None:
     """An EarlyShard copying into the folder of `part` (the run's OUT.partial/) for a fresh run by a
-    single process; None for a resumed or distributed run, where unnamed files are not available,
-    or with FEATPRUNE_EARLY_SHARD=0."""
+    single process; None for a resumed or distributed run, where unnamed files are not available
+    (the caller skips it when Tuning.early_shard is off)."""
     part = Path(part)
-    if part.exists() or (dist is not None and dist.enabled) or os.environ.get("FEATPRUNE_EARLY_SHARD") == "0":
+    if part.exists() or (dist is not None and dist.enabled):
         return None
     if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd") or not guess_unpruned_keys(ckpt):
         return None

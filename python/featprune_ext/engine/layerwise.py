@@ -38,19 +38,20 @@ def _block_ratio(linears, stats, base_buckets, m: float) -> tuple[float | None, 
 
 
 @torch.no_grad()
-def owl_pass(run, owl: OWL, batches, calls, hidden) -> list[torch.Tensor]:
-    """Stream the dense model once: set run.layerwise_info (ratios, per-block targets, time) and
-    return fresh inputs of block 0 for the pruning pass (the given `hidden` is consumed)."""
-    skel, device, dist = run.skel, run.device, run.dist
-    bucket_names = run.calibration.bucket_names
-    base = run.method.base_buckets
+def owl_pass(skel, config, dist, owl: OWL, batches, calls, hidden) -> tuple[dict, list[torch.Tensor]]:
+    """Stream the dense model once: (the layer-wise record: OWL's settings, ratios, per-block targets,
+    time; what progress.json and featprune.json keep) and fresh inputs of block 0 for the pruning pass
+    (the given `hidden` is consumed). config: the run's state.RunConfig."""
+    device = config.device
+    bucket_names = config.calibration.bucket_names
+    base = config.method.base_buckets
     t0 = time.perf_counter()
     ratios, params = [], []
     for i in range(skel.num_blocks):
         tensors = skel.read_block(i)
         block = skel.attach_block(i, tensors, device, skel.dtype)
         del tensors
-        linears = run.selection.pruned(i)
+        linears = config.selection.pruned(i)
         outputs: list[torch.Tensor] | None = [] if i + 1 < skel.num_blocks else None
         stats = collect_stats(block, linears, calls[i], hidden, batches, bucket_names, device, outputs=outputs)
         dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
@@ -63,8 +64,8 @@ def owl_pass(run, owl: OWL, batches, calls, hidden) -> list[torch.Tensor]:
         hidden = outputs  # dense outputs feed the next block, as in OWL
         skel.release_block(i)
         del block
-    targets = layer_sparsities(ratios, params, run.sparsity, owl.lam)
-    run.layerwise_info = {**owl.describe(), "outlier_ratio": ratios, "params": params, "target_sparsity": targets,
-                          "time_s": round(time.perf_counter() - t0, 4)}
+    targets = layer_sparsities(ratios, params, config.sparsity, owl.lam)
+    info = {**owl.describe(), "outlier_ratio": ratios, "params": params, "target_sparsity": targets,
+            "time_s": round(time.perf_counter() - t0, 4)}
     _, fresh = capture_block_calls(skel.model, skel.blocks, batches, device)  # embeddings only: cheap
-    return fresh
+    return info, fresh

@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import ops
 from ..errors import InputError
+from ..methods import MatrixResult
 
 __all__ = ["ExpertLinear", "UnfusedExperts", "check_no_fused_experts", "prune_matrix", "unfuse_experts",
            "warn_fallbacks"]
@@ -177,11 +178,12 @@ def check_no_fused_experts(model: nn.Module, key_of) -> None:
 
 
 # ------------------------------------------------------------------------------------- pruning
-def prune_matrix(method, weight: torch.Tensor, stats, *, sparsity, n: int, m: int, name: str) -> tuple[int, dict]:
-    """method.prune_ on one matrix, or magnitude pruning when a bucket group the method scores with
-    received no calibration token (an expert the router never chose). Returns (pruned, report notes)."""
+def prune_matrix(method, weight: torch.Tensor, stats, *, sparsity, n: int, m: int, name: str) -> MatrixResult:
+    """method.prune_matrix_ on one matrix, or magnitude pruning when a bucket group the method scores with
+    received no calibration token (an expert the router never chose). The result's notes start with the
+    matrix's calibration token count (and the fallback, if taken)."""
     if stats is None:
-        return method.prune_(weight, None, sparsity=sparsity, n=n, m=m, name=name), {}
+        return method.prune_matrix_(weight, None, sparsity=sparsity, n=n, m=m, name=name)
     notes = {"calibration_tokens": int(stats.count.sum())}
     if hasattr(stats, "bucket_index"):  # LinearStats: every bucket group the scores read needs tokens
         groups = method.bucket_groups() if hasattr(method, "bucket_groups") else [None]
@@ -190,11 +192,11 @@ def prune_matrix(method, weight: torch.Tensor, stats, *, sparsity, n: int, m: in
     else:  # e.g. SparseGPT's HessianStats: one count over the buckets it read
         empty = notes["calibration_tokens"] == 0
     if not empty:
-        return method.prune_(weight, stats, sparsity=sparsity, n=n, m=m, name=name), notes
-    method.matrix_notes.pop(name, None)
+        result = method.prune_matrix_(weight, stats, sparsity=sparsity, n=n, m=m, name=name)
+        return MatrixResult(result.pruned, {**notes, **result.notes})
     ones = torch.ones(weight.shape[1], dtype=torch.float32, device=weight.device)
     notes["fallback"] = "magnitude"
-    return ops.prune_rows_(weight, ones, sparsity=sparsity, n=n, m=m), notes
+    return MatrixResult(ops.prune_rows_(weight, ones, sparsity=sparsity, n=n, m=m), notes)
 
 
 def warn_fallbacks(block: int, matrices: dict) -> None:

@@ -1,15 +1,19 @@
-"""What a run reports: peak memory, the per-layer table printed at the end, and a failed block
-as one line that says where and what to change."""
+"""What a run reports: featprune.json (built from the run's config and progress), peak memory, the
+per-layer table printed at the end, and a failed block as one line that says where and what to change."""
 
 from __future__ import annotations
 
 import resource
+import time
+from pathlib import Path
 
 import torch
 
+from .._version import versions
 from ..errors import BlockError, InputError
+from .batches import AUTO
 
-__all__ = ["block_error", "format_report_table", "numel", "peak_rss_bytes"]
+__all__ = ["block_error", "format_report_table", "numel", "peak_rss_bytes", "run_report"]
 
 
 def peak_rss_bytes() -> int:
@@ -30,6 +34,48 @@ def numel(shape) -> int:
     for s in shape:
         n *= s
     return n
+
+
+def run_report(config, progress, skel, model_dir: Path, copied: list[str], t_capture: float, t_final: float,
+               t_start: float, phases: dict) -> dict:
+    """featprune.json: the run's config (state.RunConfig) and progress (state.Progress), the model, and
+    the timings (seconds: capture, the blocks, finalize, total, and timing.py's phases)."""
+    request, ckpt = config.request, skel.ckpt
+    layers = sorted(progress.layers, key=lambda r: r["index"])
+    params = sum(r["params"] for r in layers)
+    return {
+        "format": 1,
+        "method": request.method.describe(),
+        "sparsity": request.sparsity if request.pattern is None else 1 - config.n / config.m,
+        "pattern": None if request.pattern is None else f"{config.n}:{config.m}",
+        "calibration": config.calibration.describe() if request.method.needs_calibration else None,
+        "model": {"source": str(model_dir), "architecture": skel.architecture, "model_code": skel.model_code,
+                  "model_type": skel.config.model_type, "blocks": skel.num_blocks,
+                  "blocks_path": skel.blocks_path, "dtype": str(skel.storage_dtype).replace("torch.", ""),
+                  "compute_dtype": str(skel.dtype).replace("torch.", ""),
+                  "tied_embeddings": skel.tied_embeddings, "unpruned_tensors": skel.other_keys,
+                  "input_bytes": ckpt.file_bytes},
+        "overall_sparsity": sum(r["sparsity"] * r["params"] for r in layers) / max(params, 1),
+        "prunable_params": params,
+        "layers": layers,
+        "selection": config.selection.describe(),
+        "layerwise": progress.layerwise,
+        "skipped": config.selection.all_skipped(),
+        **request.notes,
+        "device": str(config.device),
+        "batch_size": progress.batch_size,
+        "batch_size_auto": request.batch_size == AUTO,
+        "resumed_from_block": progress.resumed_from,
+        "timings": {"capture_s": round(t_capture, 4),
+                    "blocks_s": round(sum(r["time_s"] for r in layers), 4),
+                    "finalize_s": round(time.perf_counter() - t_final, 4),
+                    "total_s": round(time.perf_counter() - t_start, 4),
+                    "phases": phases},
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_cuda_bytes": torch.cuda.max_memory_allocated(config.device) if config.device.type == "cuda" else None,
+        "copied_files": copied,
+        "versions": versions(),
+    }
 
 
 def format_report_table(report: dict) -> str:

@@ -111,12 +111,14 @@ class ModelSkeleton:
     checkpoint tensors. Validates, before any work, that every tensor is there and has the
     shape config.json implies."""
 
-    def __init__(self, ckpt: Checkpoint, compute_dtype: torch.dtype | None = None):
-        """compute_dtype: the dtype of the forward passes (default: the checkpoint's storage dtype)."""
+    def __init__(self, ckpt: Checkpoint, compute_dtype: torch.dtype | None = None, *, model_code: str = "auto"):
+        """compute_dtype: the dtype of the forward passes (default: the checkpoint's storage dtype).
+        model_code: "auto" (featprune's built-in code where it covers the model, else transformers'),
+        "builtin" (InputError where it does not) or "transformers"."""
         self.ckpt = ckpt
         self.storage_dtype = self._storage_dtype()
         self.dtype = compute_dtype or self.storage_dtype
-        builtin = builtin_config(ckpt.config_dict)
+        builtin = builtin_config(ckpt.config_dict, model_code)
         if isinstance(builtin, BuiltinConfig):
             with _params_on_meta(), _no_random_init():
                 model = build_causal_lm(builtin, self.dtype)
@@ -124,6 +126,8 @@ class ModelSkeleton:
                 self.config, self.model_code = builtin, "builtin"
             else:
                 builtin = "the checkpoint's tensor names are not transformers' module names"
+                if model_code == "builtin":
+                    raise InputError(f"--model-code builtin: {builtin}; use --model-code auto or transformers")
         if not isinstance(builtin, BuiltinConfig):
             self.config, model = self._transformers_model()
             self.model_code = f"transformers ({builtin})"

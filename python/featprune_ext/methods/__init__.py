@@ -1,55 +1,46 @@
-"""Pruning methods: how a matrix's per-column scale (and protected columns) are derived.
+"""Pruning methods: what statistics a method needs, and how it prunes a matrix from them.
 
-The engine gives every prunable linear a LinearStats (per-bucket sum of x^2, token count
-and max |x| of its inputs) and calls `method.prune_(...)` on the [out, in] weight view.
-A method decides which buckets it uses (`base_buckets`); the default prune_ is
-
-    ops.prune_rows_(w, method.column_scale(stats, w), protect=method.protected_columns(stats, w, name))
+Per block the engine runs one statistics pass; `method.collect_statistics(block_stats)` picks what
+the method needs from it (a LinearStats per linear by default: per-bucket sum of x^2, token count,
+max |x|; SparseGPT: the input Hessians), and `method.prune_matrix_(w, stats, ...)` prunes each
+[out, in] weight view in place and returns a MatrixResult (entries zeroed, report notes). base.py.
 
 Methods: Wanda (RMS of the base buckets), Contrastive (the paper's base * base / contrast),
-Magnitude and Random (baselines). Any of them takes an OutlierProtection (top-P% RMS
-columns, absmax >= T) applied to the matrices that read the hidden state. SparseGPT
-(sparsegpt.py) gets a HessianStats per linear instead (its `statistics` is "hessian") and
-updates the kept weights. OWL (owl.py) sets each block's sparsity from its outlier ratio.
-Register new methods with `register_method(name, factory)` so the CLI can build them.
+Magnitude and Random (baselines), SparseGPT (sparsegpt.py: OBS updates of the kept weights).
+Wanda and Contrastive take an OutlierProtection (top-P% RMS columns, absmax >= T) applied to the
+matrices that read the hidden state. OWL (owl.py) sets each block's sparsity from its outlier ratio.
+
+The registry maps a name to a factory (a method's `create`): its keyword parameters are the options
+the method takes (seed, base_buckets, contrast_buckets, protection, sparsegpt_damp, ...), so an
+option it does not take is refused, by get_method and, naming the flag, by featprune_ext.settings.
+A new method: a module here with its PruneMethod subclass, listed in _BUILTIN below (or
+`register_method(name, factory)` from outside the package).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from ..errors import InputError
-from .base import LinearStats, PruneMethod
+from .base import LinearStats, MatrixResult, PruneMethod
 from .baselines import Magnitude, Random
 from .owl import OWL
 from .protection import OutlierProtection, reads_hidden_state
 from .sparsegpt import HessianStats, SparseGPT
 from .wanda import Contrastive, Wanda, contrastive_norm
 
-__all__ = ["OWL", "Contrastive", "HessianStats", "LinearStats", "Magnitude", "OutlierProtection", "PruneMethod",
-           "Random", "SparseGPT", "Wanda", "contrastive_norm", "get_method", "method_names", "parse_spec_components",
-           "reads_hidden_state", "register_method"]
+__all__ = ["OWL", "Contrastive", "HessianStats", "LinearStats", "Magnitude", "MatrixResult", "OutlierProtection",
+           "PruneMethod", "Random", "SparseGPT", "Wanda", "contrastive_norm", "get_method", "method_names",
+           "method_options", "method_reads_calibration", "parse_spec_components", "reads_hidden_state",
+           "register_method"]
 
-
-_REGISTRY: dict[str, Callable[..., PruneMethod]] = {
-    "wanda": lambda seed=0, base_buckets=None, protection=None, **_: Wanda(base_buckets=base_buckets,
-                                                                           protection=protection),
-    "contrastive": lambda seed=0, base_buckets=None, contrast_buckets=None, protection=None, **_: Contrastive(
-        base_buckets=base_buckets or [], contrast_buckets=contrast_buckets or [], protection=protection),
-    "magnitude": lambda seed=0, protection=None, **_: Magnitude(protection=protection),
-    "random": lambda seed=0, protection=None, **_: Random(seed, protection=protection),
-    "sparsegpt": lambda seed=0, base_buckets=None, protection=None, sparsegpt_damp=0.01, sparsegpt_blocksize=128,
-    **_: _sparsegpt(base_buckets, protection, sparsegpt_damp, sparsegpt_blocksize),
-}
-
-
-def _sparsegpt(base_buckets, protection, damp, blocksize) -> SparseGPT:
-    if protection is not None and protection.active:
-        raise InputError("--protect-top/--protect-absmax are not supported with --method sparsegpt")
-    return SparseGPT(base_buckets=base_buckets, damp=damp, blocksize=blocksize)
+_BUILTIN = (Wanda, Contrastive, Magnitude, Random, SparseGPT)
+_REGISTRY: dict[str, Callable[..., PruneMethod]] = {cls.name: cls.create for cls in _BUILTIN}
 
 
 def register_method(name: str, factory: Callable[..., PruneMethod]) -> None:
-    """Make `featprune prune --method NAME` build factory(seed=..., **options)."""
+    """Make `featprune prune --method NAME` build factory(**options); its keyword parameters are the
+    options it takes (a **kwargs parameter takes any)."""
     _REGISTRY[name] = factory
 
 
@@ -57,12 +48,44 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_method(name: str, **options) -> PruneMethod:
+def _factory(name: str) -> Callable[..., PruneMethod]:
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise InputError(f"unknown method {name!r}; choose one of {', '.join(method_names())}") from None
-    return factory(**options)
+
+
+def method_options(name: str) -> frozenset[str] | _Any:
+    """The options the method `name` takes: its factory's keyword parameters (everything for **kwargs)."""
+    params = inspect.signature(_factory(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return _ANY
+    return frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def method_reads_calibration(name: str) -> bool:
+    """False for a method that scores weights without activations (magnitude, random)."""
+    owner = getattr(_factory(name), "__self__", None)  # a PruneMethod's create classmethod
+    return bool(getattr(owner, "uses_statistics", True))
+
+
+def get_method(name: str, **options) -> PruneMethod:
+    """The method `name` built with `options`; InputError for an option it does not take."""
+    takes = method_options(name)
+    unknown = sorted(k for k in options if k not in takes)
+    if unknown:
+        raise InputError(f"method {name} takes no option {', '.join(unknown)}")
+    return _factory(name)(**options)
+
+
+class _Any:
+    """Every option (a factory with **kwargs)."""
+
+    def __contains__(self, item) -> bool:
+        return True
+
+
+_ANY = _Any()
 
 
 def parse_spec_components(spec: str) -> list[str]:

@@ -1,15 +1,20 @@
-"""What every method shares: the per-linear input statistics and the PruneMethod interface.
+"""What every method shares: the per-linear input statistics, the per-matrix result and the
+PruneMethod interface.
 
-The engine gives every prunable linear a LinearStats (per-bucket sum of x^2, token count
-and max |x| of its inputs) and calls `method.prune_(...)` on the [out, in] weight view.
-A method decides which buckets it uses (`base_buckets`); the default prune_ is
+Per block, the engine runs one statistics pass and asks the method for what it needs from it:
+`method.collect_statistics(block_stats)` returns {linear name: statistics}; the default is
+`block_stats.sums_of_squares()`, a LinearStats per linear (per-bucket sum of x^2, token count and
+max |x| of its inputs); SparseGPT asks for `block_stats.hessians(...)` instead. Then, per matrix,
+`method.prune_matrix_(w, stats, ...)` prunes the [out, in] weight view in place and returns a
+MatrixResult: how many entries it zeroed and what the report says about the matrix. The default
+prune_ is
 
     ops.prune_rows_(w, method.column_scale(stats, w), protect=method.protected_columns(stats, w, name))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,7 +22,7 @@ from .. import ops
 from ..errors import InputError
 from .protection import OutlierProtection, reads_hidden_state
 
-__all__ = ["LinearStats", "PruneMethod"]
+__all__ = ["LinearStats", "MatrixResult", "PruneMethod"]
 
 
 @dataclass
@@ -53,22 +58,35 @@ class LinearStats:
         return (total / tokens).sqrt().float()
 
 
+@dataclass(frozen=True)
+class MatrixResult:
+    """What pruning one matrix did: the entries zeroed, and what the report says about it (e.g. the
+    protected columns), merged into the matrix's entry of featprune.json."""
+
+    pruned: int
+    notes: dict = field(default_factory=dict)
+
+
 class PruneMethod:
-    """Base class. Subclasses set `name` and override column_scale / prune_.
+    """Base class. Subclasses set `name`, a `create` factory (the registry's, methods/__init__.py), and
+    override column_scale, or prune_ (and collect_statistics when they need other statistics).
 
     `base_buckets`: the calibration buckets whose statistics score the weights (None: all).
     `protection`: optional outlier-column protection, applied to matrices reading the hidden state.
-    After each prune_, `matrix_notes[name]` holds what the report should say about that matrix.
     """
 
     name = "base"
     uses_statistics = True  # False: scores need no activations (magnitude, random)
-    statistics = "sumsq"  # what the engine collects per linear: "sumsq" (LinearStats) or "hessian" (SparseGPT)
 
     def __init__(self, *, base_buckets: list[str] | None = None, protection: OutlierProtection | None = None):
         self.base_buckets = list(base_buckets) if base_buckets else None
         self.protection = protection if protection is not None and protection.active else None
-        self.matrix_notes: dict[str, dict] = {}
+
+    @classmethod
+    def create(cls, **options) -> PruneMethod:
+        """The registry's factory: its keyword parameters are the options the method takes (an option
+        it does not name is refused by settings.py and get_method)."""
+        return cls(**options)
 
     @property
     def needs_calibration(self) -> bool:
@@ -80,6 +98,11 @@ class PruneMethod:
         for bucket in self.base_buckets or []:
             if bucket not in bucket_names:
                 raise InputError(f"{self.name}: no calibration bucket named {bucket!r}; have {bucket_names}")
+
+    def collect_statistics(self, block_stats) -> dict:
+        """{linear name: statistics} of one block, from the engine's statistics pass (engine/run.py's
+        BlockStatistics): a LinearStats per linear by default."""
+        return block_stats.sums_of_squares()
 
     def bucket_groups(self) -> list[list[str] | None]:
         """The bucket groups the scores read (None: all buckets). A matrix for which one group saw no
@@ -100,18 +123,29 @@ class PruneMethod:
         absmax = stats.absmax[[stats.bucket_index(b) for b in base]] if base else stats.absmax
         return self.protection.columns(stats.rms(base), absmax.amax(dim=0)).to(weight.device)
 
-    def prune_(self, weight: torch.Tensor, stats: LinearStats | None, *, sparsity: float | None = None,
-               n: int = 0, m: int = 0, name: str = "") -> int:
-        """Prune `weight` ([out, in] view, modified in place); returns the number of zeroed entries."""
-        scale = self.column_scale(stats, weight).to(device=weight.device, dtype=torch.float32).contiguous()
+    def prune_matrix_(self, weight: torch.Tensor, stats, *, sparsity: float | None = None, n: int = 0, m: int = 0,
+                      name: str = "") -> MatrixResult:
+        """Prune one matrix (the engine's call): prune_ with this method's protected columns, and the
+        result the report gets."""
         protect = self.protected_columns(stats, weight, name)
-        self._note_protection(name, protect)
+        pruned = self.prune_(weight, stats, sparsity=sparsity, n=n, m=m, name=name, protect=protect)
+        return MatrixResult(pruned, self.protection_notes(protect))
+
+    def prune_(self, weight: torch.Tensor, stats: LinearStats | None, *, sparsity: float | None = None,
+               n: int = 0, m: int = 0, name: str = "", protect: torch.Tensor | None = None) -> int:
+        """Prune `weight` ([out, in] view, modified in place); returns the number of zeroed entries.
+        protect: columns never pruned (None: this method's protected_columns)."""
+        scale = self.column_scale(stats, weight).to(device=weight.device, dtype=torch.float32).contiguous()
+        if protect is None:
+            protect = self.protected_columns(stats, weight, name)
         return ops.prune_rows_(weight, scale, sparsity=sparsity, n=n, m=m, protect=protect)
 
-    def _note_protection(self, name: str, protect: torch.Tensor | None) -> None:
-        if self.protection is not None:
-            columns = [] if protect is None else torch.nonzero(protect).flatten().tolist()
-            self.matrix_notes[name] = {"protected_columns": len(columns), "protected": columns}
+    def protection_notes(self, protect: torch.Tensor | None) -> dict:
+        """The report's note on a matrix's protected columns (nothing without protection)."""
+        if self.protection is None:
+            return {}
+        columns = [] if protect is None else torch.nonzero(protect).flatten().tolist()
+        return {"protected_columns": len(columns), "protected": columns}
 
     def describe(self) -> dict:
         info = {"name": self.name}

@@ -19,6 +19,10 @@ class Magnitude(PruneMethod):
     name = "magnitude"
     uses_statistics = False
 
+    @classmethod
+    def create(cls) -> Magnitude:
+        return cls()
+
     def column_scale(self, stats, weight):
         return torch.ones(weight.shape[1], dtype=torch.float32, device=weight.device)
 
@@ -37,13 +41,17 @@ class Random(PruneMethod):
         super().__init__(protection=protection)
         self.seed = int(seed)
 
-    def prune_(self, weight, stats, *, sparsity=None, n=0, m=0, name=""):
+    @classmethod
+    def create(cls, *, seed: int = 0) -> Random:
+        return cls(seed)
+
+    def prune_(self, weight, stats, *, sparsity=None, n=0, m=0, name="", protect=None):
         gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
         scores = torch.rand(weight.shape, generator=gen, dtype=torch.float32).to(weight.device)
         mask = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
         ones = torch.ones(weight.shape[1], dtype=torch.float32, device=weight.device)
-        protect = self.protected_columns(stats, weight, name)
-        self._note_protection(name, protect)
+        if protect is None:
+            protect = self.protected_columns(stats, weight, name)
         pruned = ops.prune_rows_(scores, ones, sparsity=sparsity, n=n, m=m, protect=protect, mask_out=mask)
         weight.masked_fill_(mask, 0)
         return pruned

@@ -169,7 +169,6 @@ class SparseGPT(PruneMethod):
     block of `blocksize` columns at a time, from the input Hessian of the base buckets."""
 
     name = "sparsegpt"
-    statistics = "hessian"  # the engine collects HessianStats instead of LinearStats
 
     def __init__(self, *, base_buckets: list[str] | None = None, damp: float = 0.01, blocksize: int = 128):
         super().__init__(base_buckets=base_buckets)
@@ -178,6 +177,15 @@ class SparseGPT(PruneMethod):
         if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
             raise InputError(f"--sparsegpt-blocksize must be a positive integer, got {blocksize!r}")
         self.damp, self.blocksize = float(damp), blocksize
+
+    @classmethod
+    def create(cls, *, base_buckets: list[str] | None = None, sparsegpt_damp: float = 0.01,
+               sparsegpt_blocksize: int = 128) -> SparseGPT:
+        return cls(base_buckets=base_buckets, damp=sparsegpt_damp, blocksize=sparsegpt_blocksize)
+
+    def collect_statistics(self, block_stats) -> dict:
+        """A HessianStats per linear (shared by the linears that read the same input), over the base buckets."""
+        return block_stats.hessians(self.base_buckets)
 
     def bucket_groups(self):
         return [None]  # the Hessian already sums the base buckets only (engine/hessian.py)
@@ -188,7 +196,9 @@ class SparseGPT(PruneMethod):
             raise InputError(f"--sparsegpt-blocksize {self.blocksize} is not a multiple of M={m}: "
                              f"the {n}:{m} groups would straddle column blocks")
 
-    def prune_(self, weight, stats, *, sparsity=None, n=0, m=0, name=""):
+    def prune_(self, weight, stats, *, sparsity=None, n=0, m=0, name="", protect=None):
+        if protect is not None:
+            raise RuntimeError("sparsegpt protects no columns")
         if not isinstance(stats, HessianStats):
             raise RuntimeError(f"sparsegpt needs the input Hessian of {name or 'this matrix'}")
         self.check_pattern(n, m)

@@ -18,6 +18,10 @@ class Wanda(PruneMethod):
 
     name = "wanda"
 
+    @classmethod
+    def create(cls, *, base_buckets: list[str] | None = None, protection: OutlierProtection | None = None) -> Wanda:
+        return cls(base_buckets=base_buckets, protection=protection)
+
     def column_scale(self, stats, weight):
         return stats.rms(self.base_buckets)
 
@@ -44,6 +48,11 @@ class Contrastive(PruneMethod):
         super().__init__(base_buckets=base_buckets, protection=protection)
         self.contrast_buckets = list(contrast_buckets)
         self.eps = float(eps)
+
+    @classmethod
+    def create(cls, *, base_buckets: list[str] | None = None, contrast_buckets: list[str] | None = None,
+               protection: OutlierProtection | None = None) -> Contrastive:
+        return cls(base_buckets=base_buckets or [], contrast_buckets=contrast_buckets or [], protection=protection)
 
     def prepare(self, bucket_names):
         super().prepare(bucket_names)
