@@ -10,7 +10,6 @@ Default model: the random 0.63B Qwen2-shaped model bench_engine.py builds.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -31,8 +30,7 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     arms = {}
     for code in ("auto", "transformers"):
-        os.environ["FEATPRUNE_MODEL_CODE"] = code
-        skel = ModelSkeleton(Checkpoint(args.model_dir))
+        skel = ModelSkeleton(Checkpoint(args.model_dir), model_code=code)
         if not arms:
             ids = torch.randint(3, skel.config.vocab_size, (4, 512), generator=g)
             batches = [Batch(ids, torch.ones_like(ids, dtype=torch.bool), 0) for _ in range(3)]

@@ -37,9 +37,11 @@ def model_dir(name: str) -> Path:
 
 
 def prune(src: Path, out: Path, method: str, extra, setting: str, args) -> dict:
-    cmd = [sys.executable, "-m", "featprune_ext.cli", "-q", "prune", str(src), "--out", str(out),
-           "--calib", args.calib, "--data", str(args.corpus), "--nsamples", str(args.nsamples),
-           "--seqlen", str(args.seqlen), "--method", method, "--no-progress", *extra]
+    calibration = [] if method in ("magnitude", "random") else [  # they read no calibration data
+        "--calib", args.calib, "--data", str(args.corpus), "--nsamples", str(args.nsamples),
+        "--seqlen", str(args.seqlen)]
+    cmd = [sys.executable, "-m", "featprune_ext.cli", "-q", "prune", str(src), "--out", str(out), *calibration,
+           "--method", method, "--no-progress", *extra]
     cmd += ["--pattern", setting] if ":" in setting else ["--sparsity", setting]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)

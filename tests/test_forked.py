@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import featprune_ext
+from featprune_ext.engine.tuning import Tuning
 from featprune_ext.errors import InputError
-from featprune_ext.forked import FORK_ENV, ForkedCall, fork_allowed
+from featprune_ext.forked import ForkedCall, fork_allowed
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks on Linux only")
 
@@ -61,7 +62,7 @@ def test_child_warnings_are_raised_again_in_the_parent():
 
 def test_a_child_that_dies_is_reported():
     call = ForkedCall(lambda: os.kill(os.getpid(), signal.SIGKILL), fork=True)
-    with pytest.raises(RuntimeError, match=f"killed by signal {int(signal.SIGKILL)}.*{FORK_ENV}=0"):
+    with pytest.raises(RuntimeError, match=f"killed by signal {int(signal.SIGKILL)}.*fork=False"):
         call.result()
 
 
@@ -77,12 +78,9 @@ def test_close_kills_and_reaps_a_running_child():
         os.waitpid(pid, os.WNOHANG)
 
 
-def test_env_switch_and_threads_keep_the_work_in_process(monkeypatch):
-    monkeypatch.setenv(FORK_ENV, "0")
-    assert not fork_allowed()
-    call = ForkedCall(_child_pid)
+def test_fork_false_and_threads_keep_the_work_in_process():
+    call = ForkedCall(_child_pid, fork=False)
     assert not call.forked and call.result() == os.getpid()
-    monkeypatch.delenv(FORK_ENV)
     import threading
 
     stop = threading.Event()
@@ -101,9 +99,9 @@ def test_prune_masks_and_calibration_identical_with_and_without_fork(tiny_model,
     monkeypatch.setenv("FEATPRUNE_TOKEN_CACHE", "0")  # both arms tokenize (the second would hit the cache)
     reports = {}
     for fork in ("1", "0"):
-        monkeypatch.setenv(FORK_ENV, fork)
         out = tmp_path / f"fork{fork}"
-        featprune_ext.prune(src, out, calib_texts=calib_jsonl, nsamples=8, seqlen=64, sparsity=0.5, progress=False)
+        featprune_ext.prune(src, out, calib_texts=calib_jsonl, nsamples=8, seqlen=64, sparsity=0.5, progress=False,
+                            tuning=Tuning(fork=fork == "1"))
         reports[fork] = json.loads((out / "featprune.json").read_text())
     assert reports["1"]["calibration"] == reports["0"]["calibration"]
     assert reports["1"]["calibration"]["tokens"] > 0

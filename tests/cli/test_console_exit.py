@@ -15,7 +15,7 @@ CHILD = textwrap.dedent("""
     import atexit, sys, threading, time
     from featprune_ext import cli
 
-    marker, code, thread = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "thread"
+    marker, code, thread, fast_exit = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "thread", sys.argv[4] == "fast"
     atexit.register(lambda: open(marker, "a").write("atexit ran\\n"))
 
     class Teardown:  # collected by the interpreter's teardown, which the fast exit skips
@@ -34,24 +34,22 @@ CHILD = textwrap.dedent("""
         return code
 
     cli.main = main
-    cli.console_main()
+    cli.console_main(fast_exit=fast_exit)
 """)
 
 
 @pytest.mark.parametrize("code", [0, 2], ids=["ok", "usage-error"])
-@pytest.mark.parametrize("thread,fast_env", [(False, None), (True, None), (False, "0")],
-                         ids=["fast", "live-thread", "FEATPRUNE_FAST_EXIT=0"])
-def test_console_main_exit_keeps_code_output_and_handlers(tmp_path, code, thread, fast_env):
+@pytest.mark.parametrize("thread,fast_exit", [(False, True), (True, True), (False, False)],
+                         ids=["fast", "live-thread", "fast_exit=False"])
+def test_console_main_exit_keeps_code_output_and_handlers(tmp_path, code, thread, fast_exit):
     marker = tmp_path / "marker.txt"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "FEATPRUNE_FAST_EXIT")}
-    if fast_env is not None:  # buffered stdout above, as users run it
-        env["FEATPRUNE_FAST_EXIT"] = fast_env
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(marker), str(code), "thread" if thread else "none"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered stdout, as users run it
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(marker), str(code), "thread" if thread else "none",
+                           "fast" if fast_exit else "normal"], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == code, proc.stderr
     assert proc.stdout == "x" * 200_000 + "\n"
     lines = marker.read_text().splitlines()
     assert "atexit ran" in lines
     assert ("thread done" in lines) == thread  # the normal exit waited for the thread
-    fast = not thread and fast_env is None
+    fast = not thread and fast_exit
     assert ("teardown" in lines) != fast  # the lever itself: no teardown on the fast path, only there

@@ -187,7 +187,7 @@ def _fill_disk_after(monkeypatch, shards_ok: int):
     from featprune_ext.engine import run as engine_run
 
     monkeypatch.setattr(engine_run, "write_safetensors", write)
-    monkeypatch.setenv("FEATPRUNE_EARLY_SHARD", "0")  # shard 0 goes through write_safetensors too, and counts
+    monkeypatch.setattr(engine_run, "start_early_shard", lambda *a, **k: None)  # shard 0 is written, and counts
 
 
 def test_disk_full_at_start(tiny_model, calib_jsonl, tmp_path, capsys, monkeypatch):

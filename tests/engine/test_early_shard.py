@@ -67,8 +67,6 @@ def test_no_unnamed_files_or_switched_off_means_no_early_copy(tiny_model, tmp_pa
     monkeypatch.setattr(early_shard.os, "open", no_tmpfile)
     assert start_early_shard(ckpt, tmp_path / "o.partial") is None
     monkeypatch.setattr(early_shard.os, "open", real_open)
-    monkeypatch.setenv("FEATPRUNE_EARLY_SHARD", "0")
-    assert start_early_shard(ckpt, tmp_path / "o.partial") is None
 
 
 def test_guess_skips_numbered_components():
@@ -93,8 +91,11 @@ def test_engine_output_is_the_same_with_and_without_the_early_copy(tiny_model, c
             "--sparsity", "0.5", "--no-progress", "-q"]
     assert cli.main([*args, "--out", str(tmp_path / "early")]) == 0
     assert used == [True]
-    monkeypatch.setenv("FEATPRUNE_EARLY_SHARD", "0")
-    assert cli.main([*args, "--out", str(tmp_path / "usual")]) == 0
+    from featprune_ext.cli import prune as prune_cli
+    from featprune_ext.engine.tuning import Tuning
+
+    assert prune_cli.run(cli.build_parser().parse_args([*args, "--out", str(tmp_path / "usual")]),
+                         tuning=Tuning(early_shard=False)) == 0
     assert used == [True]  # not called again: switched off
     files = sorted(p.name for p in (tmp_path / "usual").iterdir() if p.suffix == ".safetensors")
     assert files == sorted(p.name for p in (tmp_path / "early").iterdir() if p.suffix == ".safetensors")

@@ -93,6 +93,7 @@ def test_a_block_calling_a_linear_twice_is_never_stopped():
                                            ("gpt_neox", "sparsegpt"), ("qwen2", "sparsegpt")])
 def test_engine_output_identical_with_and_without_early_stop(tiny_model, tmp_path, monkeypatch, family, method):
     from featprune_ext.engine import prune_model
+    from featprune_ext.engine.tuning import Tuning
     from featprune_ext.methods import get_method
 
     src = tiny_model(family)
@@ -109,11 +110,10 @@ def test_engine_output_identical_with_and_without_early_stop(tiny_model, tmp_pat
     monkeypatch.setattr(CallOrder, "saw", counting_saw)
     outs, stopped = {}, {}
     for arm in ("1", "0"):
-        monkeypatch.setenv("FEATPRUNE_STATS_EARLY_STOP", arm)
         outs[arm] = tmp_path / f"out{arm}"
         stops.clear()
         prune_model(src, outs[arm], calibration=calibration(src), method=get_method(method), sparsity=0.5, batch_size=3,
-                    progress=False)
+                    progress=False, tuning=Tuning(stats_early_stop=arm == "1"))
         stopped[arm] = len(stops)
     assert stopped["0"] == 0
     assert (stopped["1"] == 0) == (family == "qwen2_moe")  # MoE blocks always run whole

@@ -15,9 +15,8 @@ from featprune_ext.engine.checkpoint import Checkpoint
 def _prune(model_dir, out, calib_jsonl, monkeypatch, code: str, **kw) -> dict:
     from featprune_ext import api
 
-    monkeypatch.setenv("FEATPRUNE_MODEL_CODE", code)
     return api.prune(model_dir, out, sparsity=0.5, calib_texts=calib_jsonl, nsamples=8, seqlen=16, progress=False,
-                     batch_size=3, **kw)
+                     batch_size=3, model_code=code, **kw)
 
 
 def _tensors(out) -> dict:
@@ -34,7 +33,7 @@ def test_pruned_checkpoint_identical_to_transformers_code(family, tiny_model, ca
     ours = _prune(d, tmp_path / "builtin", calib_jsonl, monkeypatch, "auto")
     theirs = _prune(d, tmp_path / "transformers", calib_jsonl, monkeypatch, "transformers")
     assert ours["model"]["model_code"] == "builtin"
-    assert theirs["model"]["model_code"] == "transformers (FEATPRUNE_MODEL_CODE=transformers)"
+    assert theirs["model"]["model_code"] == "transformers (--model-code transformers)"
     assert ours["model"]["architecture"] == theirs["model"]["architecture"]
     a, b = _tensors(tmp_path / "builtin"), _tensors(tmp_path / "transformers")
     assert a.keys() == b.keys()
@@ -68,13 +67,16 @@ def test_pruning_run_never_imports_transformers(tiny_model, calib_jsonl, tmp_pat
 
 
 def test_bad_model_code_setting_fails_before_calibration(tiny_model, calib_jsonl, tmp_path, monkeypatch):
-    """api.prune reads FEATPRUNE_MODEL_CODE with the model's config, before the calibration child starts."""
+    """A bad --model-code, or builtin for a family the built-in code does not run, fails before the
+    calibration child starts."""
     from featprune_ext import api
     from featprune_ext.errors import InputError
 
-    monkeypatch.setenv("FEATPRUNE_MODEL_CODE", "fast")
     monkeypatch.setattr(api, "_build_calibration", lambda *a, **k: pytest.fail("calibration started"))
-    with pytest.raises(InputError, match="FEATPRUNE_MODEL_CODE must be one of"):
+    with pytest.raises(InputError, match="--model-code must be one of"):
         api.prune(tiny_model("llama"), tmp_path / "out", sparsity=0.5, calib_texts=calib_jsonl, nsamples=4,
-                  seqlen=16, progress=False)
+                  seqlen=16, progress=False, model_code="fast")
+    with pytest.raises(InputError, match="--model-code builtin"):
+        api.prune(tiny_model("gpt2"), tmp_path / "out", sparsity=0.5, calib_texts=calib_jsonl, nsamples=4,
+                  seqlen=16, progress=False, model_code="builtin")
     assert not (tmp_path / "out").exists()

@@ -35,8 +35,7 @@ def _block_outputs(model_dir, dtype, code: str, monkeypatch, device="cpu", seed=
                    num_blocks=None) -> tuple[str, list[list[torch.Tensor]]]:
     """(model code, [first block's inputs, block 0's outputs, ...]) per batch: _batches(vocab, seed)[pick]
     through the first num_blocks blocks (default: all)."""
-    monkeypatch.setenv("FEATPRUNE_MODEL_CODE", code)
-    skel = ModelSkeleton(Checkpoint(model_dir), dtype)
+    skel = ModelSkeleton(Checkpoint(model_dir), dtype, model_code=code)
     batches = _batches(skel.config.vocab_size, seed=seed)[pick]
     device = torch.device(device)
     with torch.no_grad():
@@ -87,15 +86,13 @@ def test_module_tree_matches_transformers(tiny_model, monkeypatch):
         d = tiny_model(family)
         shapes = {}
         for code in ("auto", "transformers"):
-            monkeypatch.setenv("FEATPRUNE_MODEL_CODE", code)
-            skel = ModelSkeleton(Checkpoint(d))
+            skel = ModelSkeleton(Checkpoint(d), model_code=code)
             shapes[code] = {k: tuple(v.shape) for k, v in skel.model.state_dict().items()}
         assert shapes["auto"] == shapes["transformers"], family
 
 
 @pytest.mark.parametrize("family", ["gpt2", "bloom", "opt", "mixtral"])
 def test_other_families_use_transformers(family, tiny_model, monkeypatch):
-    monkeypatch.delenv("FEATPRUNE_MODEL_CODE", raising=False)
     skel = ModelSkeleton(Checkpoint(tiny_model(family)))
     assert skel.model_code.startswith("transformers (model_type")
 
@@ -146,7 +143,6 @@ def test_untied_checkpoint_without_the_key_loads(tiny_model, tmp_path, monkeypat
     raw.pop("tie_word_embeddings", None)
     (d / "config.json").write_text(json.dumps(raw))
     edit_tensor(d, "lm_head.weight", lambda w: w + 1)  # the tiny Llama is untied: its own head
-    monkeypatch.delenv("FEATPRUNE_MODEL_CODE", raising=False)
     skel = ModelSkeleton(Checkpoint(d))
     assert skel.model_code == "builtin" and "lm_head.weight" in skel.other_keys
 
@@ -172,13 +168,14 @@ def test_gemma3_per_layer_rope_and_window(tiny_model):
     assert cfg.rope_thetas["full_attention"] != cfg.rope_thetas["sliding_attention"]
 
 
-def test_model_code_switch(tiny_model, monkeypatch):
+def test_model_code_option(tiny_model):
     raw = _config("llama", tiny_model)
-    monkeypatch.setenv("FEATPRUNE_MODEL_CODE", "transformers")
-    assert builtin_config(raw) == "FEATPRUNE_MODEL_CODE=transformers"
-    monkeypatch.setenv("FEATPRUNE_MODEL_CODE", "fast")
-    with pytest.raises(InputError, match="FEATPRUNE_MODEL_CODE must be one of auto, transformers"):
-        builtin_config(raw)
+    assert builtin_config(raw, "transformers") == "--model-code transformers"
+    assert builtin_config(raw, "builtin") == builtin_config(raw, "auto") == builtin_config(raw)
+    with pytest.raises(InputError, match="--model-code must be one of auto, builtin, transformers"):
+        builtin_config(raw, "fast")
+    with pytest.raises(InputError, match="--model-code builtin: .*model_type"):  # a family it does not run
+        builtin_config(_config("gpt2", tiny_model), "builtin")
 
 
 @pytest.mark.parametrize("window", [None, 4])
@@ -210,8 +207,7 @@ def test_class_names_are_transformers_names(tiny_model, monkeypatch):
     for family in BUILTIN_FAMILIES:
         classes = {}
         for code in ("auto", "transformers"):
-            monkeypatch.setenv("FEATPRUNE_MODEL_CODE", code)
-            skel = ModelSkeleton(Checkpoint(tiny_model(family)))
+            skel = ModelSkeleton(Checkpoint(tiny_model(family)), model_code=code)
             classes[code] = {name: type(m).__name__ for name, m in skel.model.named_modules()}
         ours, theirs = classes["auto"], classes["transformers"]
         assert {k: ours[k] for k in theirs if k in ours} == {k: theirs[k] for k in theirs if k in ours}

@@ -29,14 +29,13 @@ from typing import NoReturn
 
 from ..errors import DiskFullError, FeatpruneError, InputError
 
-__all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "FAST_EXIT_ENV", "build_parser",
-           "console_main", "main"]
+__all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "console_main",
+           "main", "run_parsed"]
 
 # subcommand modules, in the order `featprune --help` lists them
 COMMANDS = ["prune", "data", "eval", "analyze", "demo"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-FAST_EXIT_ENV = "FEATPRUNE_FAST_EXIT"
 
 MAIN_EPILOG = """exit codes: 0 success, 1 runtime failure (disk full included: rerun with --resume),
 2 bad input or usage, 130 interrupted. `featprune COMMAND --help` shows each command's options and examples.
@@ -68,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # --help exits 0, a usage error exits 2 (argparse's SystemExit)
+    return run_parsed(args)
+
+
+def run_parsed(args) -> int:
+    """Run a parsed command line (args.func(args)) under the one error -> exit-code map."""
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -87,19 +91,18 @@ def main(argv=None) -> int:
     return code
 
 
-def console_main() -> NoReturn:
+def console_main(fast_exit: bool = True) -> NoReturn:
     """The `featprune` command and `python -m featprune_ext`: main(), then exit without the
     interpreter's teardown.
 
     Tearing down torch's and transformers' thousands of modules takes 1-2.5 s on a 2-core CPU, a
     twentieth of a small pruning run, and does nothing useful: every file featprune writes is
     already fsynced and renamed. atexit handlers still run and both streams are flushed. Where a
-    non-daemon thread is still alive, the normal exit waits for it instead; FEATPRUNE_FAST_EXIT=0
-    asks for the normal exit (e.g. for a tool that reports at teardown)."""
+    non-daemon thread is still alive, the normal exit waits for it instead; fast_exit=False asks for
+    the normal exit (a benchmark lever: bench/tuned_prune.py)."""
     code = main()
     main_thread = threading.main_thread()
-    if (os.environ.get(FAST_EXIT_ENV, "1") == "0"
-            or any(t is not main_thread and not t.daemon for t in threading.enumerate())):
+    if not fast_exit or any(t is not main_thread and not t.daemon for t in threading.enumerate()):
         sys.exit(code)
     try:
         atexit._run_exitfuncs()
