@@ -1,9 +1,11 @@
 """The streaming engine: prune a model one transformer block at a time.
 
 skeleton (meta model) -> capture (block arguments) -> run (the block loop) with stats (the
-statistics pass; hessian: SparseGPT's; layerwise: OWL's dense first pass), resume (OUT.partial/,
-fingerprint, writer) and report; checkpoint (safetensors in/out), families (where the blocks and
-linears are), distributed (torchrun).
+statistics pass; hessian: SparseGPT's; layerwise: OWL's dense first pass), state (the run's
+request, config and progress), resume (OUT.partial/, writer, resume points) and report;
+checkpoint (safetensors in/out), families (where the blocks and linears are), distributed
+(torchrun), tuning (speed levers for benchmarks), test_hooks (the tests' kill points).
+docs/ARCHITECTURE.md lists every module.
 """
 
 from .batches import Batch, make_batches, pad_id_for, validate_pattern
