@@ -152,4 +152,5 @@ def _signature_and_doc() -> tuple[inspect.Signature, str]:
 
 
 prune.__signature__, _options_doc = _signature_and_doc()
-prune.__doc__ += "\n    Options, by concern:" + _options_doc + "\n"
+if prune.__doc__:  # None under python -OO
+    prune.__doc__ += "\n    Options, by concern:" + _options_doc + "\n"

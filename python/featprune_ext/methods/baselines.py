@@ -14,7 +14,7 @@ __all__ = ["Magnitude", "Random"]
 
 
 class Magnitude(PruneMethod):
-    """|W| alone: no calibration needed (unless outlier protection asks for statistics)."""
+    """|W| alone: no calibration needed."""
 
     name = "magnitude"
     uses_statistics = False
