@@ -111,9 +111,10 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
           dist=None, targets: Union[str, Sequence[str], None] = None, ignore: Union[str, Sequence[str], None] = None,
           preset: Optional[str] = None, sparsegpt_damp: float = 0.01, sparsegpt_blocksize: int = 128,
           layerwise: Optional[str] = None, owl_m: float = 5.0, owl_lambda: float = 0.08) -> dict:
-    """Prune every linear of every transformer block of a local Hugging Face model, one block at a time.
+    """Prune every linear of every transformer block of a Hugging Face model, one block at a time.
 
-    model_dir: folder with config.json, *.safetensors and the tokenizer; never modified.
+    model_dir: folder with config.json, *.safetensors and the tokenizer; never modified. Or a Hugging Face
+        hub id "ORG/NAME" ("ORG/NAME@REVISION"): its snapshot in the local HF cache, else downloaded (hub.py).
     out_dir: the pruned model's folder; must not exist. Built in `OUT.partial/` and renamed at the end.
     method: "wanda" (|W| * RMS of the inputs), "contrastive", "magnitude", "random" or "sparsegpt"
         (Frantar & Alistarh 2023: OBS mask selection and updates of the kept weights from the inputs'
@@ -162,6 +163,7 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
     from .engine.batches import parse_dtype
     from .engine.checkpoint import Checkpoint
     from .engine.select import Selection
+    from .hub import resolve_model
 
     sparsity, pattern = validate_pattern(sparsity, pattern)
     parse_dtype(dtype)  # a bad name fails before any work
@@ -173,7 +175,7 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
                           sparsegpt_blocksize=sparsegpt_blocksize)
     pruner.check_pattern(*(pattern or (0, 0)))
     owl = _layerwise(layerwise, owl_m, owl_lambda, pruner, sparsity, pattern)
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir = resolve_model(model_dir), Path(out_dir)  # a hub id: its cached or downloaded snapshot
     if out_dir.exists():
         raise InputError(f"{out_dir} already exists; refusing to overwrite it (choose another --out or delete it)")
     ckpt = Checkpoint(model_dir)  # fails fast on a missing or corrupt model directory

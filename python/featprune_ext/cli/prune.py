@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..files import atomic_write_json
-from .args import batch_size, fraction, positive_int
+from .args import MODEL_HELP, batch_size, fraction, positive_int
 
 PRUNE_EXAMPLES = """examples:
   featprune data gettext --langs fr,zh_CN --out corpus/
@@ -29,11 +29,11 @@ def add_parser(subparsers, parents) -> None:
     from ..methods import method_names
 
     p = subparsers.add_parser(
-        "prune", parents=parents, help="prune a local Hugging Face model block by block",
+        "prune", parents=parents, help="prune a Hugging Face model (a directory or a hub id) block by block",
         description="Prune every linear layer of every transformer block, streaming one block at a time, "
                     "and write a new model directory that from_pretrained loads.",
         epilog=PRUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model_dir", help="local model directory (config.json, safetensors, tokenizer)")
+    p.add_argument("model_dir", help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output directory (must not exist; built in OUT.partial first)")
     p.add_argument("--calib-texts", help='JSONL file of {"text": ...} objects, one calibration sample each '
                                          '(optional "bucket" field); needed by calibrated methods')

@@ -32,6 +32,7 @@ from ..engine.checkpoint import Checkpoint
 from ..engine.families import find_blocks
 from ..errors import InputError
 from ..files import atomic_write_json
+from ..hub import resolve_model
 from . import metrics
 from .plots import plot_mt_vs_mono, plot_overlap, plot_top_features
 
@@ -209,7 +210,7 @@ def analyze(model_dir, out_dir, *, spec: Optional[str] = None, langs: Optional[S
         if not 0 < r <= 0.5:
             raise AnalysisError(f"ratio must be in (0, 0.5] so top and bottom sets are disjoint within a condition, "
                                 f"got {r}")
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir = resolve_model(model_dir), Path(out_dir)  # a hub id: its cached or downloaded snapshot
     if not (model_dir / "config.json").is_file():
         raise AnalysisError(f"{model_dir} is not a model directory (no config.json)")
     if data is not None and not Path(data).exists():
