@@ -56,13 +56,14 @@ def _calibration(model_dir: Path, method, *, calib, calib_texts, contrast, data,
 
     The settings are checked here; the tokenizer is loaded and the texts tokenized in a forked child
     (forked.py) while the caller goes on to build the model's skeleton."""
-    from .data.calibration_set import read_jsonl_texts
+    from .data.calibration_set import read_calibration_texts
     from .engine.families import max_positions
     from .forked import ForkedCall
     from .models import load_config
 
     if not calib_texts and not calib:
-        raise InputError(f"--method {method.name} needs calibration data: --calib SPEC or --calib-texts FILE.jsonl")
+        raise InputError(f"--method {method.name} needs calibration data: --calib SPEC or --calib-texts FILE "
+                         "(.txt or .jsonl)")
     if calib_texts and calib:
         raise InputError("give --calib or --calib-texts, not both (--calib texts:FILE.jsonl combines them)")
     config = load_config(model_dir)
@@ -70,7 +71,7 @@ def _calibration(model_dir: Path, method, *, calib, calib_texts, contrast, data,
     seqlen = seqlen or (min(2048, limit) if limit else 2048)
     if limit is not None and seqlen > limit:
         raise InputError(f"--seqlen {seqlen} is above the model's limit of {limit} positions")
-    texts, buckets = read_jsonl_texts(calib_texts) if calib_texts else (None, None)
+    texts, buckets = read_calibration_texts(calib_texts) if calib_texts else (None, None)
     return ForkedCall(lambda: _build_calibration(model_dir, calib, contrast, texts, buckets, calib_texts, data=data,
                                                  nsamples=nsamples, seqlen=seqlen, shots=shots, seed=seed))
 
@@ -129,7 +130,8 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
     pattern: N:M semi-structured sparsity instead, "2:4" or (2, 4): N kept in every M consecutive inputs.
     calib: the paper's demonstrations, e.g. "mt:fr-en" (4-shot French->English), "mono:fr", "code",
         "texts:FILE.jsonl"; components joined with "+" keep separate statistics.
-    calib_texts: instead of `calib`, a JSONL file of {"text": ...} objects (optional "bucket").
+    calib_texts: instead of `calib`, a plain-text file ending in .txt (one sample per paragraph, paragraphs
+        separated by blank lines) or a JSONL file of {"text": ...} objects (optional "bucket").
     data: corpus folder for `calib` (FLORES-200, TSV/JSONL, saved HF dataset, `featprune data gettext`).
     contrast: contrast set spec (e.g. "code"): norm = base * base / contrast (the paper's refinement).
     nsamples: calibration samples, split across the spec's components (default 128); seqlen: tokens per

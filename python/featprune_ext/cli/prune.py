@@ -35,8 +35,9 @@ def add_parser(subparsers, parents) -> None:
         epilog=PRUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output directory (must not exist; built in OUT.partial first)")
-    p.add_argument("--calib-texts", help='JSONL file of {"text": ...} objects, one calibration sample each '
-                                         '(optional "bucket" field); needed by calibrated methods')
+    p.add_argument("--calib-texts", metavar="FILE",
+                   help="your own calibration text: a .txt file (one sample per paragraph, paragraphs separated by "
+                        'blank lines) or a JSONL file of {"text": ...} objects (optional "bucket" field)')
     p.add_argument("--calib", metavar="SPEC",
                    help="the paper's demonstrations: mt:fr-en (translation), mono:fr, code, texts:FILE.jsonl; "
                         "combine with + (mt:fr-en+mt:zh-en); statistics are kept per component")
