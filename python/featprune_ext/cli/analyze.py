@@ -4,7 +4,8 @@
     featprune analyze MODEL --langs en,fr,es,zh,ru,ja,hi --data DIR --out DIR   # mono:L and mt:L-en each
 
 Writes magnitudes.csv, top_features/<condition>.png (top-20 features per layer), overlap_r<pct>.csv
-and overlap_{top-bottom,top-top}_r<pct>_{mean,layers}.png, analysis.json; prints a summary table.
+and overlap_{top-bottom,top-top}_r<pct>_{mean,layers}.png (overlap needs two or more conditions),
+analysis.json; prints a summary table.
 """
 
 from __future__ import annotations
