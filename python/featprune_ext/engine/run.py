@@ -49,7 +49,7 @@ from .early_shard import start_early_shard
 from .hessian import check_finite_hessians, collect_hessians
 from .layerwise import owl_pass
 from .lock import RunLock
-from .report import block_error, numel, peak_rss_bytes
+from .report import block_error, numel, peak_rss_bytes, reset_peak_rss
 from .resume import (
     PROGRESS_NAME,
     BackgroundWriter,
@@ -100,6 +100,7 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
     """
     dist = dist or DistContext()
     t_start = time.perf_counter()
+    reset_peak_rss()  # the progress bar's and the report's peak RSS are this run's, not the process's
     sparsity, pattern = validate_pattern(sparsity, pattern)
     batch_size = parse_batch_size(batch_size)  # a positive int or "auto" (batches.auto_batch_size)
     method.check_pattern(*(pattern or (0, 0)))
