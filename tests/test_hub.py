@@ -105,6 +105,13 @@ def test_revisions_and_offline_errors(tiny_model, hub_cache):
         resolve_model("nobody/nothing")
 
 
+def test_an_existing_output_fails_before_any_hub_lookup(hub_cache, tmp_path):
+    import featprune_ext as fp
+
+    with pytest.raises(InputError, match="already exists"):  # not "nobody/nothing: ... not in the cache"
+        fp.prune("nobody/nothing", tmp_path, calib_texts=tmp_path / "c.txt", sparsity=0.5)
+
+
 def test_sharded_snapshot_needs_every_shard(tiny_model, hub_cache):
     model = tiny_model("llama", sharded=True)
     shards = sorted(f.name for f in model.glob("*.safetensors"))

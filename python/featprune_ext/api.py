@@ -177,9 +177,10 @@ def prune(model_dir: PathLike, out_dir: PathLike, *, method: str = "wanda", spar
                           sparsegpt_blocksize=sparsegpt_blocksize)
     pruner.check_pattern(*(pattern or (0, 0)))
     owl = _layerwise(layerwise, owl_m, owl_lambda, pruner, sparsity, pattern)
-    model_dir, out_dir = resolve_model(model_dir), Path(out_dir)  # a hub id: its cached or downloaded snapshot
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.exists():
         raise InputError(f"{out_dir} already exists; refusing to overwrite it (choose another --out or delete it)")
+    model_dir = resolve_model(model_dir)  # a hub id: its snapshot in the HF cache, downloaded if need be
     ckpt = Checkpoint(model_dir)  # fails fast on a missing or corrupt model directory
     try:
         if not select.is_default:  # patterns are checked against the model before any calibration work
