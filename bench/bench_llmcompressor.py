@@ -5,7 +5,8 @@ writing the model), run alternately (A, B, A, B, ...) so that other jobs on the 
   featprune      `python -m featprune_ext prune MODEL --calib-texts C.jsonl ...` (streams one block at a time)
   llm-compressor `oneshot(model, dataset, recipe=WandaPruningModifier(sparsity=S))` on the model loaded
                  with `from_pretrained` (fp32), then `save_pretrained` of the dense pruned model
-Peak RSS is each process's own (os.wait4). Masks: share of the pruned matrices' entries whose
+CPU seconds (user + system) and peak RSS are each process's own (os.wait4); CPU seconds move less than
+wall time when other jobs share the machine. Masks: share of the pruned matrices' entries whose
 zero/non-zero state agrees between the two outputs.
 
 llm-compressor pins its own transformers, so it runs from another environment, e.g.
@@ -50,7 +51,7 @@ def llmc_child(model: str, out: str, calib: str, nsamples: int, seqlen: int, spa
 
 
 def run(cmd: list[str]) -> dict:
-    """Wall seconds and peak RSS (GiB) of one child process, from start to exit."""
+    """Wall seconds, CPU seconds (user + system) and peak RSS (GiB) of one child process, start to exit."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = proc.stderr.read()
@@ -59,7 +60,7 @@ def run(cmd: list[str]) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed (rc {proc.returncode}):\n{err[-3000:]}")
-    return {"wall_s": wall, "peak_rss_gib": usage.ru_maxrss * 1024 / 2**30}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_gib": usage.ru_maxrss * 1024 / 2**30}
 
 
 def main(argv=None) -> int:
@@ -101,16 +102,18 @@ def main(argv=None) -> int:
                        str(args.seqlen)]
             res = run(cmd)
             results[arm].append(res)
-            print(f"repeat {r} {arm}: {res['wall_s']:.1f} s, peak RSS {res['peak_rss_gib']:.2f} GiB", flush=True)
+            print(f"repeat {r} {arm}: {res['wall_s']:.1f} s wall, {res['cpu_s']:.1f} s CPU, peak RSS "
+                  f"{res['peak_rss_gib']:.2f} GiB", flush=True)
     agree = mask_agreement(work / "featprune-0", work / "llm-compressor-0")
     med = {arm: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for arm, rs in results.items()}
-    ratio = med["llm-compressor"]["wall_s"] / med["featprune"]["wall_s"]
+    ratio = {k: med["llm-compressor"][k] / med["featprune"][k] for k in ("wall_s", "cpu_s")}
     print(f"\n{args.model}, {args.nsamples} texts x <= {args.seqlen} tokens, {args.sparsity:.0%} Wanda, CPU, "
           f"medians of {args.repeats}:")
-    print("| arm | wall s | peak RSS GiB |\n|---|---:|---:|")
+    print("| arm | wall s | CPU s | peak RSS GiB |\n|---|---:|---:|---:|")
     for arm, m in med.items():
-        print(f"| {arm} | {m['wall_s']:.1f} | {m['peak_rss_gib']:.2f} |")
-    print(f"llm-compressor / featprune wall: {ratio:.2f}x; masks agree on {100 * agree:.3f}% of entries")
+        print(f"| {arm} | {m['wall_s']:.1f} | {m['cpu_s']:.1f} | {m['peak_rss_gib']:.2f} |")
+    print(f"llm-compressor / featprune: {ratio['wall_s']:.2f}x wall, {ratio['cpu_s']:.2f}x CPU; masks agree on "
+          f"{100 * agree:.3f}% of entries")
     return 0
 
 
