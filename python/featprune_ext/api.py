@@ -30,7 +30,7 @@ def _calibration(model_dir: Path, *, calib, calib_texts, contrast, data, nsample
     The sequence length is checked against the model here; the tokenizer is loaded and the texts
     tokenized in a forked child (forked.py; fork=False: here) while the caller goes on to build the
     model's skeleton."""
-    from .data.calibration_set import read_jsonl_texts
+    from .data.calibration_set import read_calibration_texts
     from .engine.families import max_positions
     from .forked import ForkedCall
     from .models import load_config
@@ -40,7 +40,7 @@ def _calibration(model_dir: Path, *, calib, calib_texts, contrast, data, nsample
     seqlen = seqlen or (min(2048, limit) if limit else 2048)
     if limit is not None and seqlen > limit:
         raise InputError(f"--seqlen {seqlen} is above the model's limit of {limit} positions")
-    texts, buckets = read_jsonl_texts(calib_texts) if calib_texts else (None, None)
+    texts, buckets = read_calibration_texts(calib_texts) if calib_texts else (None, None)
     return ForkedCall(lambda: _build_calibration(model_dir, calib, contrast, texts, buckets, calib_texts, data=data,
                                                  nsamples=nsamples, seqlen=seqlen, shots=shots, seed=seed),
                       fork=None if fork else False)
@@ -73,9 +73,10 @@ def _build_calibration(model_dir, calib, contrast, texts, buckets, calib_texts, 
 
 
 def prune(model_dir: PathLike, out_dir: PathLike, *, dist=None, tuning=None, **options) -> dict:
-    """Prune every linear of every transformer block of a local Hugging Face model, one block at a time.
+    """Prune every linear of every transformer block of a Hugging Face model, one block at a time.
 
-    model_dir: folder with config.json, *.safetensors and the tokenizer; never modified.
+    model_dir: folder with config.json, *.safetensors and the tokenizer; never modified. Or a Hugging Face
+        hub id "ORG/NAME" ("ORG/NAME@REVISION"): its snapshot in the local HF cache, else downloaded (hub.py).
     out_dir: the pruned model's folder; must not exist. Built in `OUT.partial/` and renamed at the end.
     options: the settings of `featprune prune`, as keywords (featprune_ext.settings, listed below; a
         keyword left out, or None, is "not given"); an option that does not apply to the chosen method
@@ -98,6 +99,7 @@ def prune_with(model_dir: PathLike, out_dir: PathLike, settings: PruneSettings, 
     from .engine.checkpoint import Checkpoint
     from .engine.select import Selection
     from .engine.tuning import DEFAULT_TUNING
+    from .hub import resolve_model
 
     tuning = tuning or DEFAULT_TUNING
     c, m, e = settings.calibration, settings.method, settings.engine
@@ -111,6 +113,7 @@ def prune_with(model_dir: PathLike, out_dir: PathLike, settings: PruneSettings, 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.exists():
         raise InputError(f"{out_dir} already exists; refusing to overwrite it (choose another --out or delete it)")
+    model_dir = resolve_model(model_dir)  # a hub id: its snapshot in the HF cache, downloaded if need be
     ckpt = Checkpoint(model_dir)  # fails fast on a missing or corrupt model directory
     try:
         if not select.is_default:  # patterns are checked against the model before any calibration work

@@ -75,8 +75,10 @@ class CalibrationSettings:
     calib: Optional[str] = _option(None, "the paper's demonstrations: mt:fr-en (translation), mono:fr, code, "
                                          "texts:FILE.jsonl; combine with + (mt:fr-en+mt:zh-en); statistics are kept "
                                          "per component", metavar="SPEC")
-    calib_texts: Optional[PathLike] = _option(None, 'JSONL file of {"text": ...} objects, one calibration sample each '
-                                                    '(optional "bucket" field); instead of --calib', metavar="FILE")
+    calib_texts: Optional[PathLike] = _option(None, "your own calibration text, instead of --calib: a .txt file (one "
+                                                    "sample per paragraph, paragraphs separated by blank lines) or a "
+                                                    'JSONL file of {"text": ...} objects (optional "bucket" field)',
+                                              metavar="FILE")
     data: Optional[PathLike] = _option(None, "parallel/monolingual corpus for --calib: FLORES-200 dir, TSV/JSONL, "
                                              "saved HF dataset, or `featprune data gettext` output", metavar="DIR")
     contrast: Optional[str] = _option(None, "contrast set (e.g. code or mono:en): prune with norm = base * base / "
@@ -279,7 +281,7 @@ class PruneSettings:
             return
         if not c.calib_texts and not c.calib:
             raise InputError(f"--method {self.method_name} needs calibration data: --calib SPEC or --calib-texts "
-                             "FILE.jsonl")
+                             "FILE (.txt or .jsonl)")
         if c.calib_texts and c.calib:
             raise InputError("give --calib or --calib-texts, not both (--calib texts:FILE.jsonl combines them)")
         if c.calib_texts and c.shots is not None:

@@ -164,6 +164,23 @@ def test_analyze_cli_end_to_end(env, tmp_path, capsys):
     assert any(0 < float(r["share"]) < 1 for r in ov if r["top_of"] != r["compared_with"])  # not all 0/1
 
 
+def test_analyze_one_condition_skips_overlap(env, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli_main(["analyze", str(env["llama"]), "--calib", "mono:fr", "--data", str(env["corpus"]), "--out", str(out),
+                   "--nsamples", "2", "--shots", "2", "--seqlen", "64", "--no-progress", "--threads", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    note = [line for line in printed.splitlines() if "overlap" in line]
+    assert note == ["overlap needs two or more conditions (only mono:fr given): no overlap table or heatmap; "
+                    "magnitudes and their plots written"]
+    assert not list(out.glob("overlap*"))
+    assert (out / "top_features" / "fr.png").stat().st_size > 1000
+    summary = json.loads((out / "analysis.json").read_text())
+    assert summary["overlap"] == {} and summary["overlap_note"] == note[0]
+    with open(out / "magnitudes.csv", encoding="utf-8") as fh:
+        assert len(list(csv.reader(fh))) == 1 + summary["layers"]  # one condition
+
+
 def test_analyze_errors(env, tmp_path, capsys):
     with pytest.raises(A.AnalysisError, match="either a calibration spec"):
         A.analyze(env["gemma3"], tmp_path, spec="mono:fr", langs=["fr"], data=env["corpus"])

@@ -4,7 +4,8 @@
     featprune analyze MODEL --langs en,fr,es,zh,ru,ja,hi --data DIR --out DIR   # mono:L and mt:L-en each
 
 Writes magnitudes.csv, top_features/<condition>.png (top-20 features per layer), overlap_r<pct>.csv
-and overlap_{top-bottom,top-top}_r<pct>_{mean,layers}.png, analysis.json; prints a summary table.
+and overlap_{top-bottom,top-top}_r<pct>_{mean,layers}.png (overlap needs two or more conditions),
+analysis.json; prints a summary table.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ..study.analysis import AnalysisError, analyze, format_summary
+from .args import MODEL_HELP
 
 __all__ = ["add_parser"]
 
@@ -21,7 +23,7 @@ def add_parser(subparsers, parents) -> None:
     p = subparsers.add_parser("analyze", parents=parents,
                               help="hidden-state feature magnitudes and overlap heatmaps (paper Figs 1-3)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="model directory (safetensors + config + tokenizer); streamed block by block")
+    p.add_argument("model", help=MODEL_HELP + "; streamed block by block")
     p.add_argument("--calib", help="calibration spec; each component is one condition, e.g. 'mono:fr+mt:fr-en'")
     p.add_argument("--langs", help="instead of --calib: mono:L for each language and mt:L-en for each non-English")
     p.add_argument("--data", help="corpus for mt/mono demonstrations (calibration split), e.g. from "

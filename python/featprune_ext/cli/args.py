@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["VALUE_TYPES", "batch_size", "fraction", "positive_int", "seconds"]
+__all__ = ["MODEL_HELP", "VALUE_TYPES", "batch_size", "fraction", "positive_int", "seconds"]
+
+MODEL_HELP = ("model directory (config.json, safetensors, tokenizer) or Hugging Face hub id ORG/NAME[@REVISION] "
+              "(found in the local HF cache, else downloaded)")
 
 
 def fraction(text: str) -> float:

@@ -18,6 +18,7 @@ from ..files import atomic_write_json
 from ..study.compare import compare_models, compare_results, format_comparison
 from ..study.runner import evaluate, format_table, load_results
 from ..study.tasks import TASKS, EvalError
+from .args import MODEL_HELP
 
 __all__ = ["add_parser"]
 
@@ -53,7 +54,7 @@ def add_parser(subparsers, parents) -> None:
     ev = subparsers.add_parser("eval", parents=parents,
                                help="evaluate a model: ppl, translation-choice, xnli, marc, translate",
                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("model", nargs="?", help="model directory (safetensors + config + tokenizer)")
+    ev.add_argument("model", nargs="?", help=MODEL_HELP)
     _common(ev)
     ev.add_argument("--json", help="write the full result (per-item results included) to this file")
     ev.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
@@ -64,7 +65,8 @@ def add_parser(subparsers, parents) -> None:
                                 help="several models on the same evaluation: one table, one plot",
                                 description="Evaluate several models (or load their eval JSONs) on the same task; "
                                             "write a table, a plot and paired bootstrap tests against the first.")
-    cmp.add_argument("models", nargs="+", help="model directories and/or saved eval JSONs; the first is the baseline")
+    cmp.add_argument("models", nargs="+", help="model directories, hub ids (ORG/NAME) and/or saved eval JSONs; "
+                                              "the first is the baseline")
     _common(cmp)
     cmp.add_argument("--out", required=True, help="directory for per-model JSONs, compare.md/.json and the plot")
     cmp.add_argument("--names", help="comma-separated display names, one per model (default: directory names)")

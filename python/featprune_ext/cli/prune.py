@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..files import atomic_write_json
+from .args import MODEL_HELP
 
 PRUNE_EXAMPLES = """examples:
   featprune prune MODEL --out pruned/ --calib-texts my.jsonl --sparsity 0.5
@@ -26,12 +27,12 @@ PRUNE_EXAMPLES = """examples:
 
 def add_parser(subparsers, parents) -> None:
     p = subparsers.add_parser(
-        "prune", parents=parents, help="prune a local Hugging Face model block by block",
+        "prune", parents=parents, help="prune a Hugging Face model (a directory or a hub id) block by block",
         description="Prune every linear layer of every transformer block, streaming one block at a time, "
                     "and write a new model directory that from_pretrained loads. An option that does not apply "
                     "to the chosen method or mode is an error.",
         epilog=PRUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model_dir", help="local model directory (config.json, safetensors, tokenizer)")
+    p.add_argument("model_dir", help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output directory (must not exist; built in OUT.partial first)")
     add_settings_groups(p)
     output = p.add_argument_group("run and output")

@@ -11,7 +11,8 @@ statistics the engine keeps apart (so contrastive pruning can divide one by anot
   a parallel corpus, or a text file) or, without it, from the dataset-build package.
 * ``code``        windows of Python standard-library source, concatenated until a sample is full
   (``code:DIR`` takes the .py files under DIR instead).
-* ``texts:FILE``  a JSONL file of {"text": ...}; each text is one sample.
+* ``texts:FILE``  a JSONL file of {"text": ...}, or a .txt file of paragraphs separated by blank lines;
+  each text (paragraph) is one sample.
 
 Sample counts: ``nsamples`` is split evenly across components, the first ``nsamples % k`` components
 getting one extra (100 over 3 buckets -> 34, 33, 33). Within a bucket every sentence pair (or sentence,
@@ -34,14 +35,14 @@ import torch
 
 from ..errors import InputError, MissingInputError
 from . import corpora
-from .calibration_set import CalibrationSet, read_jsonl_texts
+from .calibration_set import CalibrationSet, read_calibration_texts
 from .languages import Language, resolve
 
 __all__ = ["Component", "build_calibration", "mono_demonstration", "mt_demonstration", "parse_spec",
            "split_counts", "SPEC_HELP"]
 
 SPEC_HELP = ("a calibration spec is components joined by '+': mt:SRC-TGT (e.g. mt:fr-en), mono:LANG "
-             "(e.g. mono:fr), code (or code:DIR), texts:FILE.jsonl; e.g. 'mt:fr-en+mt:zh-en'")
+             "(e.g. mono:fr), code (or code:DIR), texts:FILE.jsonl or texts:FILE.txt; e.g. 'mt:fr-en+mt:zh-en'")
 PathLike = Union[str, os.PathLike]
 
 
@@ -191,7 +192,7 @@ def _read_texts(comp: Component, n: int, rng: random.Random) -> tuple[list[str],
     p = Path(comp.path)
     if not p.is_file():
         raise MissingInputError(f"{comp.name}: file not found: {p}")
-    texts = [t for t in read_jsonl_texts(p)[0] if t.strip()]  # per-line "bucket" fields: one bucket here
+    texts = [t for t in read_calibration_texts(p)[0] if t.strip()]  # per-line "bucket" fields: one bucket here
     if len(texts) < n:
         raise InputError(f"{comp.name}: {p} has {len(texts)} texts, need {n} samples for this bucket")
     return rng.sample(texts, n), {"source": str(p.resolve()), "available": len(texts)}

@@ -19,7 +19,7 @@ import torch
 from ..errors import InputError, MissingInputError
 from ..files import read_jsonl_objects
 
-__all__ = ["CalibrationSet", "read_jsonl_texts"]
+__all__ = ["CalibrationSet", "read_calibration_texts", "read_jsonl_texts", "read_text_paragraphs"]
 
 
 @dataclass
@@ -119,3 +119,39 @@ def read_jsonl_texts(path) -> tuple[list[str], list[str] | None]:
     if not any(t.strip() for t in texts):
         raise InputError(f"calibration file {path} is empty: it has no non-empty \"text\"")
     return texts, (buckets if len(set(buckets)) > 1 else None)
+
+
+def read_text_paragraphs(path) -> list[str]:
+    """The paragraphs of a plain-text file, one calibration sample each: runs of lines separated by
+    blank (or whitespace-only) lines, their inner line breaks kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"calibration file {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path} as UTF-8 text: {exc}") from None
+    paragraphs, current = [], []
+    for line in [*lines, ""]:  # the sentinel closes the last paragraph
+        if line.strip():
+            current.append(line)
+        elif current:
+            paragraphs.append("\n".join(current))
+            current = []
+    if not paragraphs:
+        raise InputError(f"calibration file {path} is empty: it has no paragraph of text")
+    return paragraphs
+
+
+def read_calibration_texts(path) -> tuple[list[str], list[str] | None]:
+    """Texts (and optional bucket names) from a calibration file: plain text when it ends in .txt
+    (one sample per blank-line-separated paragraph), else JSONL of {"text": ...} (read_jsonl_texts)."""
+    if Path(path).suffix.lower() == ".txt":
+        return read_text_paragraphs(path), None
+    try:
+        return read_jsonl_texts(path)
+    except MissingInputError:
+        raise
+    except InputError as exc:
+        raise InputError(f"{exc} (calibration files are JSONL of {{\"text\": ...}} objects, or plain text named "
+                         "*.txt with one sample per paragraph)") from None

@@ -13,7 +13,7 @@ from .._version import versions
 from ..errors import BlockError, InputError
 from .batches import AUTO
 
-__all__ = ["block_error", "format_report_table", "numel", "peak_rss_bytes", "run_report"]
+__all__ = ["block_error", "format_report_table", "numel", "peak_rss_bytes", "reset_peak_rss", "run_report"]
 
 
 def peak_rss_bytes() -> int:
@@ -27,6 +27,18 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's peak-RSS count from its current RSS (Linux: writing 5 to clear_refs
+    resets VmHWM), so a run reports its own peak, not the process's: the demo builds a model in
+    memory before it prunes. False where the kernel refuses; the peak is then the process's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def numel(shape) -> int:

@@ -50,7 +50,7 @@ from .early_shard import start_early_shard
 from .hessian import check_finite_hessians, collect_hessians
 from .layerwise import owl_pass
 from .lock import RunLock
-from .report import block_error, numel, peak_rss_bytes
+from .report import block_error, numel, peak_rss_bytes, reset_peak_rss
 from .resume import BackgroundWriter, finish_run, partial_dir, resume_point_due
 from .select import Selection
 from .skeleton import ModelSkeleton
@@ -94,6 +94,7 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
     """
     dist = dist or DistContext()
     t_start = time.perf_counter()
+    reset_peak_rss()  # the progress bar's and the report's peak RSS are this run's, not the process's
     sparsity, pattern = validate_pattern(sparsity, pattern)
     request = RunRequest(method, sparsity, pattern, parse_batch_size(batch_size), select or Selection(), layerwise,
                          dict(notes or {}), progress,

@@ -32,6 +32,7 @@ from ..engine.checkpoint import Checkpoint
 from ..engine.families import find_blocks
 from ..errors import InputError
 from ..files import atomic_write_json
+from ..hub import resolve_model
 from . import metrics
 from .plots import plot_mt_vs_mono, plot_overlap, plot_top_features
 
@@ -209,7 +210,7 @@ def analyze(model_dir, out_dir, *, spec: Optional[str] = None, langs: Optional[S
         if not 0 < r <= 0.5:
             raise AnalysisError(f"ratio must be in (0, 0.5] so top and bottom sets are disjoint within a condition, "
                                 f"got {r}")
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir = resolve_model(model_dir), Path(out_dir)  # a hub id: its cached or downloaded snapshot
     if not (model_dir / "config.json").is_file():
         raise AnalysisError(f"{model_dir} is not a model directory (no config.json)")
     if data is not None and not Path(data).exists():
@@ -232,7 +233,11 @@ def analyze(model_dir, out_dir, *, spec: Optional[str] = None, langs: Optional[S
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_magnitudes_csv(out_dir / "magnitudes.csv", mags, names)
     overlaps = {}
-    for r in ratios:
+    # One condition's overlap with itself is trivially 100% (or 0%): nothing to draw.
+    overlap_note = None if len(names) > 1 else (
+        f"overlap needs two or more conditions (only {names[0]} given): no overlap table or heatmap; "
+        f"{'magnitudes and their plots' if plots else 'magnitudes'} written")
+    for r in ratios if overlap_note is None else ():
         pct = f"{r * 100:g}"
         mats = {kind: np.stack([overlap_matrix(mags[layer], r, kind) for layer in range(mags.shape[0])])
                 for kind in ("top-bottom", "top-top")}
@@ -254,6 +259,7 @@ def analyze(model_dir, out_dir, *, spec: Optional[str] = None, langs: Optional[S
         "definition": "per condition and block output: mean over samples of each feature's L2 norm over the "
                       "sample's real tokens (padding excluded)",
         "calibration": calibration.describe(), "ratios": list(ratios), "overlap": overlaps,
+        "overlap_note": overlap_note,
         "top_features": {label: [[int(i) for i in np.argsort(-mags[layer, k_idx], kind="stable")[:top]]
                                  for layer in range(mags.shape[0])] for k_idx, label in enumerate(labels)},
         "outliers": _outlier_summary(mags, labels),
@@ -296,6 +302,8 @@ def format_summary(summary: dict, max_layers: int = 6) -> str:
             ratio = f"{o['ratio_to_median']:.0f}x" if o["ratio_to_median"] else "n/a"
             cells.append(f"{o['feature']} ({ratio})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if summary.get("overlap_note"):
+        lines += ["", summary["overlap_note"]]
     for pct, mats in summary["overlap"].items():
         mean = np.array(mats["top-bottom"]["mean_over_layers"])
         lines.append("")

@@ -37,6 +37,7 @@ import torch
 from .._version import versions
 from ..data import corpora
 from ..data.languages import Language, resolve
+from ..hub import model_label, resolve_model
 from ..tables import markdown_table
 from . import metrics, tasks
 from .scorer import Scorer
@@ -223,10 +224,10 @@ def evaluate(model_dir, task: str, langs: Sequence[str], data=None, *, limit: Op
         raise EvalError(str(exc)) from None
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise EvalError(f"limit must be a positive integer, got {limit!r}")
-    model_dir = Path(model_dir)
+    tasks.check_data(data, task)  # before the (slow) model load (or a download)
+    name, model_dir = model_label(model_dir), resolve_model(model_dir)
     if not model_dir.is_dir():
         raise EvalError(f"model directory does not exist: {model_dir}")
-    tasks.check_data(data, task)  # before the (slow) model load
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     if scorer is None:
@@ -247,7 +248,7 @@ def evaluate(model_dir, task: str, langs: Sequence[str], data=None, *, limit: Op
         timings[lang.locale] = round(time.perf_counter() - t, 3)
     timings["total_s"] = round(time.perf_counter() - t0, 3)
     return {
-        "format": FORMAT, "version": 1, "task": task, "model": str(model_dir.resolve()), "name": model_dir.name,
+        "format": FORMAT, "version": 1, "task": task, "model": str(model_dir.resolve()), "name": name,
         "pruning": _pruning_info(model_dir),
         "settings": {"langs": list(per_lang), "data": corpora.describe_source(data),
                      "limit": limit, "seed": seed, "seqlen": seqlen, "device": str(scorer.device), "dtype": dtype,
