@@ -226,7 +226,9 @@ ARCHS_OLD_DEFAULT = "80-real,90-real,100-real,90-virtual"
     ("B200", 100, "90a-real", False),  # arch-specific SASS runs on its own capability only
     ("RTX 5090", 120, ARCHS_CUDA_11_8, True),
     ("RTX 5090", 120, "75-real,80-real,86-real,89-real,90-real", False),  # no PTX to JIT
-], ids=lambda v: str(v).replace(" ", "_") if not isinstance(v, str) or "," not in v else v.split("-")[0])
+], ids=["T4-cuda11.8", "T4-old_default", "V100-cuda11.8", "V100-cuda13.0", "A10-sm80_sass", "A100-sm86_sass",
+        "L4-cuda11.8", "H100-cuda11.8", "H100-sm90a", "B200-cuda11.8_ptx", "B200-sm90a", "RTX5090-cuda11.8_ptx",
+        "RTX5090-no_ptx"])
 def test_kernel_image_check_under_the_emulation(sim, monkeypatch, fresh_verdicts, gpu, cc, archs, runs):
     sim.configure_device(cc=cc, images=archs)
     problem = sim.kernel_problem(0)
