@@ -55,6 +55,10 @@ fi
 export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import featprune_ext, sys; i = featprune_ext.build_info(); print(featprune_ext.__file__); print(i); \
 sys.exit(0 if i.get('cuda') or '$DEVICE' != 'cuda' else 'built without CUDA kernels')" || exit 1
+if [ "$DEVICE" = cuda ]; then  # the first-call probe ops uses: '' when this GPU loads the kernels
+  "$PY" -c "import sys, featprune_ext._C as C; p = C.cuda_kernel_problem(0); print('kernel image probe:', p or 'ok'); \
+sys.exit(1 if p else 0)" || exit 1
+fi
 echo "${RESULT[build]}"
 
 log "CUDA tests (tests/native and tests/models, -m cuda)"

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 
 #include "featprune/kernels.h"
 
@@ -101,6 +102,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("col_scale"), py::arg("protect"), py::arg("mask_out"), py::arg("mask_row_stride"),
         py::arg("mask_col_stride"), py::arg("k"), py::arg("n"), py::arg("m"), py::arg("stream"));
   m.def("build_info", &build_info);
+  m.def("cuda_kernel_problem", &featprune::cuda_kernel_problem, py::arg("device"),
+        "'' when CUDA device `device` can run this build's kernels, else the CUDA error saying why "
+        "(no kernel image for its architecture, driver too old, ...). Loads the kernels on that device.");
   m.def("cuda_versions", &cuda_versions,
         "(runtime, driver) CUDA versions as 1000 * major + 10 * minor: the runtime this build links "
         "(0 without CUDA kernels) and the installed driver (0 when none is found). Creates no CUDA context.");

@@ -13,5 +13,6 @@ void prune_rows_cuda(const PruneRowsArgs&, void*) { throw Error(kNoCuda); }
 bool cuda_compiled() { return false; }
 int cuda_runtime_version() { return 0; }
 int cuda_driver_version() { return 0; }
+std::string cuda_kernel_problem(int) { return kNoCuda; }
 
 }  // namespace featprune

@@ -30,8 +30,10 @@ namespace featprune {
 namespace cuda {
 
 inline void check_cuda(cudaError_t err, const std::string& what) {
-  if (err != cudaSuccess)
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // reported here: the next launch check must not report it again
     throw Error("featprune: " + what + ": " + cudaGetErrorString(err));
+  }
 }
 
 // Call right after a launch: reports configuration errors with the kernel name.

@@ -8,7 +8,7 @@ fix by changing the input (model directory, data, options).
 from __future__ import annotations
 
 __all__ = ["DiskFullError", "FeatpruneError", "InputError", "KernelError", "MissingInputError", "NonFiniteError",
-           "BlockError", "CudaDriverError"]
+           "BlockError"]
 
 
 class FeatpruneError(Exception):
@@ -35,10 +35,6 @@ class DiskFullError(FeatpruneError, OSError):
 class BlockError(FeatpruneError, RuntimeError):
     """A transformer block failed at run time (out of memory, a device fault): exit code 1. The message
     names the block and what to change; the blocks finished before it are kept for --resume."""
-
-
-class CudaDriverError(FeatpruneError, RuntimeError):
-    """The GPU driver is older than the CUDA runtime the kernels were built with: exit code 1."""
 
 
 class KernelError(FeatpruneError, ValueError):

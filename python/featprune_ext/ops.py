@@ -2,8 +2,9 @@
 
 Every check happens here, before any memory is touched, so a bad call raises a
 ValueError/TypeError naming the argument and leaves every tensor unchanged.
-When the native module (or its CUDA part) is missing, the plain-PyTorch
-reference runs instead, after a one-time warning.
+When the native module (or, for CUDA tensors, a CUDA build of it that the
+driver and the GPU can run) is missing, the plain-PyTorch reference runs
+instead, on the tensors' own device, after a one-time warning naming why.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import torch
 
 from . import reference
 from ._native import native
-from .errors import CudaDriverError
 
 __all__ = ["accumulate_hessian", "accumulate_stats", "prune_rows_", "pruned_per_row"]
 
@@ -24,7 +24,7 @@ pruned_per_row = reference.pruned_per_row
 _FLOAT_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _DEVICE_CODES = {"cpu": 0, "cuda": 1}
 _warned_fallback: set[str] = set()
-_driver_verdict: list[str | None] = []  # [] until the first CUDA call checks; then [None] or [error line]
+_cuda_verdicts: dict[int, str | None] = {}  # CUDA device index -> None (native kernels run there) or why not
 
 
 def _check_tensor(name: str, t, *, dtypes=None, ndim=None, device=None, shape=None) -> None:
@@ -55,47 +55,82 @@ def cuda_version_str(version: int) -> str | None:
     return f"{version // 1000}.{version % 1000 // 10}" if version > 0 else None
 
 
+# cudaMallocAsync (the statistics kernel's workspace) needs a CUDA 11.2 driver, even under
+# minor version compatibility, which lets a CUDA 11.8 build run on any CUDA 11 driver.
+_MIN_DRIVER = 11020
+
+
 def cuda_driver_problem(runtime: int, driver: int) -> str | None:
-    """The one-line error when the driver cannot run this build's CUDA runtime, else None.
+    """Why the installed driver cannot run this build's CUDA kernels, in one line; None if it can.
 
     runtime: the CUDA runtime version the extension was compiled against and links
     statically (0: no CUDA kernels); driver: what the installed driver supports (0: none
     found). Since CUDA 11 a driver runs code built by any toolkit of its own major version
-    (minor version compatibility), so the driver needs at least runtime's major.0.
+    (minor version compatibility), so the driver needs at least runtime's major.0 (and 11.2
+    for cudaMallocAsync).
     """
     if runtime <= 0:
         return None
-    needed = runtime // 1000 * 1000
+    needed = max(runtime // 1000 * 1000, _MIN_DRIVER)
     if driver >= needed:
         return None
     found = f"supports CUDA {cuda_version_str(driver)}" if driver > 0 else "was not found"
-    return (f"featprune: the NVIDIA driver {found}, but these CUDA kernels were built with CUDA "
-            f"{cuda_version_str(runtime)} and need a driver for CUDA {cuda_version_str(needed)} or newer; "
-            "rebuild featprune against the system CUDA (with its nvcc on PATH: "
-            "pip install --no-build-isolation .), update the driver, or use --device cpu")
+    return (f"the NVIDIA driver {found}, but these CUDA kernels were built with CUDA "
+            f"{cuda_version_str(runtime)} and need a driver for CUDA {cuda_version_str(needed)} or newer "
+            "(update the driver, or rebuild featprune against the system CUDA with its nvcc on PATH: "
+            "pip install --no-build-isolation .)")
 
 
-def _check_cuda_driver() -> None:
-    """At the first CUDA call: raise if the driver is older than the runtime needs (cached)."""
-    if not _driver_verdict:
-        versions = getattr(native, "cuda_versions", None)
-        _driver_verdict.append(cuda_driver_problem(*versions()) if versions is not None else None)
-    if _driver_verdict[0] is not None:
-        raise CudaDriverError(_driver_verdict[0])
+def cuda_image_problem(error: str, *, archs: str, capability: tuple[int, int], name: str) -> str:
+    """The one-line reason for a GPU that cannot load this build's kernels (`error`: the CUDA
+    error the native probe got), naming the GPU, its architecture and what the build carries."""
+    major, minor = capability
+    return (f"these CUDA kernels cannot run on {name} (sm_{major}{minor}): {error}; the build carries "
+            f"{archs or 'no architecture list'} (rebuild with FEATPRUNE_CUDA_ARCHS={major}{minor}-real: "
+            "pip install --no-build-isolation .)")
+
+
+def _find_cuda_problem(index: int) -> str | None:
+    """None when CUDA device `index` runs this build's kernels, else why not (one line)."""
+    info = native.build_info()
+    if not info["cuda"]:
+        return "this build has no CUDA kernels (no nvcc at install time)"
+    problem = cuda_driver_problem(*native.cuda_versions())
+    if problem is not None:
+        return problem
+    error = native.cuda_kernel_problem(index)
+    if not error:
+        return None
+    return cuda_image_problem(error, archs=info["cuda_archs"], capability=torch.cuda.get_device_capability(index),
+                              name=torch.cuda.get_device_name(index))
+
+
+def _cuda_problem(device: torch.device) -> str | None:
+    """_find_cuda_problem, asked once per device (at its first CUDA call)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _cuda_verdicts:
+        _cuda_verdicts[index] = _find_cuda_problem(index)
+    return _cuda_verdicts[index]
 
 
 def _use_native(device: torch.device) -> bool:
+    """True when the native kernels run for tensors on `device`. Otherwise the PyTorch
+    reference runs (on that same device), after one RuntimeWarning per distinct reason:
+    no native module; or, for CUDA, a build without CUDA kernels, a driver too old for
+    them, or a GPU they have no image for (checked at the first CUDA call)."""
     if native is None:
         reason = "the native module featprune_ext._C could not be imported"
-    elif device.type == "cuda" and not native.build_info()["cuda"]:
-        reason = "this build has no CUDA kernels (no nvcc at install time)"
-    else:
-        if device.type == "cuda":
-            _check_cuda_driver()
+    elif device.type != "cuda":
         return True
+    else:
+        reason = _cuda_problem(device)
+        if reason is None:
+            return True
     if reason not in _warned_fallback:
         _warned_fallback.add(reason)
-        warnings.warn(f"featprune: {reason}; using the slower PyTorch reference", RuntimeWarning, stacklevel=3)
+        where = " on the GPU" if device.type == "cuda" else ""
+        warnings.warn(f"featprune: {reason}; using the slower PyTorch reference kernels{where}", RuntimeWarning,
+                      stacklevel=3)
     return False
 
 

@@ -35,8 +35,16 @@
 //  * Launch checks: block size 1..1024, grid limits, dynamic shared memory
 //    above 48 KiB needs cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
 //    first, and never above the opt-in limit (H100/H200: 227 KiB).
-//  * cudaFuncGetAttributes reports sharedSizeBytes = 0: the emulation cannot
-//    see a kernel's static __shared__ footprint.
+//  * cudaFuncGetAttributes reports sharedSizeBytes = the configured static
+//    footprint (0 by default: the emulation cannot see a kernel's __shared__
+//    variables; tests set a real one, read from ptxas, to play a GPU's limits).
+//  * The device is configurable (fp_sim_configure_device): its compute
+//    capability, opt-in shared memory, and which images the "build" carries.
+//    Loading a kernel (cudaFuncGetAttributes) follows the driver's rules: a
+//    driver older than the runtime's major version gives
+//    cudaErrorInsufficientDriver; no SASS of the same major and a minor <= the
+//    device's, and no PTX of a capability <= the device's, gives
+//    cudaErrorNoKernelImageForDevice.
 //  * FEATPRUNE_HOST_DEVICE helpers compile their host branch (__CUDA_ARCH__ is
 //    not defined), e.g. fp16 loads use the exact software conversion rather
 //    than the __half2float instruction (both are exact).
@@ -51,6 +59,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -174,8 +183,10 @@ typedef enum cudaError {
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDevicePointer = 17,
   cudaErrorInsufficientDriver = 35,
+  cudaErrorInvalidDeviceFunction = 98,
   cudaErrorNoDevice = 100,
   cudaErrorInvalidDevice = 101,
+  cudaErrorNoKernelImageForDevice = 209,
   cudaErrorLaunchOutOfResources = 701,
   cudaErrorLaunchFailure = 719,
 } cudaError_t;
@@ -230,6 +241,8 @@ inline const char* cudaGetErrorNameSim(cudaError_t e) {
     case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
+    case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
     case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
   }
@@ -247,7 +260,34 @@ struct Config {
   int driver_version = CUDART_VERSION;  // what cudaDriverGetVersion reports (0 = no driver)
   int max_optin_smem = 232448;          // H100/H200: 227 KiB per block
   int sm_count = 132;
+  int device_cc = 90;                   // compute capability, 10 * major + minor
+  int static_smem = 0;                  // what cudaFuncGetAttributes reports as sharedSizeBytes
+  std::string images;                   // the build's archs ("75-real,90-virtual"); "" = runs anywhere
 };
+
+// Whether a build carrying `images` (CMake's list: "80-real", "90-virtual", "90" = both, ","
+// or ";" separated) can run on a device of capability `cc`, by the driver's rules: SASS of
+// sm_XY runs on X.Z for Z >= Y (an "a" variant only on X.Y itself); PTX of compute_XY is
+// JIT-compiled for any capability >= XY.
+inline bool image_runs_on(const std::string& images, int cc) {
+  if (images.empty()) return true;
+  size_t start = 0;
+  while (start <= images.size()) {
+    size_t end = images.find_first_of(",;", start);
+    if (end == std::string::npos) end = images.size();
+    const std::string entry = images.substr(start, end - start);
+    start = end + 1;
+    if (entry.empty()) continue;
+    const int arch = std::atoi(entry.c_str());
+    const std::string arch_name = entry.substr(0, entry.find('-'));  // "90a" of "90a-real"
+    const bool specific = !arch_name.empty() && !std::isdigit(static_cast<unsigned char>(arch_name.back()));
+    const bool real = entry.find("-virtual") == std::string::npos;
+    const bool virt = entry.find("-real") == std::string::npos;
+    if (real && (specific ? arch == cc : (arch / 10 == cc / 10 && arch % 10 <= cc % 10))) return true;
+    if (virt && !specific && arch <= cc) return true;
+  }
+  return false;
+}
 
 struct LaunchRecord {
   std::string name;
@@ -741,8 +781,8 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = int(featprune_sim::kDefaultDynamicSmem); return cudaSuccess;
     case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
     case cudaDevAttrMultiProcessorCount: *value = cfg.sm_count; return cudaSuccess;
-    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
-    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = cfg.device_cc / 10; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = cfg.device_cc % 10; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = cfg.max_optin_smem; return cudaSuccess;
   }
   return featprune_sim::fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute not emulated");
@@ -753,7 +793,16 @@ cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, T* entry) {
   featprune_sim::Runtime& rt = featprune_sim::Runtime::get();
   std::lock_guard<std::mutex> g(rt.mu);
   *attr = cudaFuncAttributes{};
-  attr->sharedSizeBytes = 0;  // not visible to the emulation
+  if (rt.cfg.driver_version < CUDART_VERSION / 1000 * 1000)
+    return featprune_sim::fail(cudaErrorInsufficientDriver, "the driver supports CUDA " +
+                                                                std::to_string(rt.cfg.driver_version) +
+                                                                ", older than this runtime (" +
+                                                                std::to_string(CUDART_VERSION) + ")");
+  if (!featprune_sim::image_runs_on(rt.cfg.images, rt.cfg.device_cc))
+    return featprune_sim::fail(cudaErrorNoKernelImageForDevice, "no image among '" + rt.cfg.images +
+                                                                    "' runs on compute capability " +
+                                                                    std::to_string(rt.cfg.device_cc));
+  attr->sharedSizeBytes = size_t(rt.cfg.static_smem);
   attr->maxThreadsPerBlock = 1024;
   auto it = rt.max_dyn_smem.find(reinterpret_cast<const void*>(entry));
   attr->maxDynamicSharedSizeBytes = it == rt.max_dyn_smem.end() ? int(featprune_sim::kDefaultDynamicSmem) : it->second;
@@ -765,7 +814,7 @@ cudaError_t cudaFuncSetAttribute(T* entry, cudaFuncAttribute attr, int value) {
   featprune_sim::Runtime& rt = featprune_sim::Runtime::get();
   std::lock_guard<std::mutex> g(rt.mu);
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-    if (value < 0 || value > rt.cfg.max_optin_smem)
+    if (value < 0 || value + rt.cfg.static_smem > rt.cfg.max_optin_smem)
       return featprune_sim::fail(cudaErrorInvalidValue, "cudaFuncSetAttribute: " + std::to_string(value) +
                                                             " bytes of dynamic shared memory exceed the opt-in limit " +
                                                             std::to_string(rt.cfg.max_optin_smem));
@@ -824,14 +873,26 @@ void sim_launch(void (*kernel)(P), dim3 grid, dim3 block, size_t smem, const P& 
   using featprune_sim::fail;
   featprune_sim::Runtime& rt = featprune_sim::Runtime::get();
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
-  int allowed = int(featprune_sim::kDefaultDynamicSmem);
+  featprune_sim::Config cfg;
+  int allowed = 0;
   {
     std::lock_guard<std::mutex> g(rt.mu);
+    cfg = rt.cfg;
     rt.launches.push_back(featprune_sim::LaunchRecord{name, grid, block, smem});
+    // without the attribute, static + dynamic shared memory must fit the default 48 KiB
+    allowed = int(featprune_sim::kDefaultDynamicSmem) - cfg.static_smem;
     auto it = rt.max_dyn_smem.find(reinterpret_cast<const void*>(kernel));
     if (it != rt.max_dyn_smem.end()) allowed = std::max(allowed, it->second);
   }
   const std::string who = std::string(name) + ": ";
+  if (cfg.driver_version < CUDART_VERSION / 1000 * 1000) {
+    fail(cudaErrorInsufficientDriver, who + "the driver is older than this runtime");
+    return;
+  }
+  if (!featprune_sim::image_runs_on(cfg.images, cfg.device_cc)) {
+    fail(cudaErrorNoKernelImageForDevice, who + "no image for compute capability " + std::to_string(cfg.device_cc));
+    return;
+  }
   if (threads == 0 || threads > 1024 || block.z > 64) {
     fail(cudaErrorInvalidConfiguration, who + "block of " + std::to_string(threads) + " threads");
     return;

@@ -89,6 +89,24 @@ void fp_sim_configure(int workers, int schedule, uint64_t seed, int driver_versi
   rt.cfg.driver_version = driver_version;
 }
 
+// The emulated GPU: compute capability (10 * major + minor), opt-in shared memory per
+// block, the static shared memory every kernel reports, and the archs the "build" carries
+// ("" = every device runs it).
+void fp_sim_configure_device(int cc, int max_optin_smem, int static_smem, const char* images) {
+  featprune_sim::Runtime& rt = featprune_sim::Runtime::get();
+  std::lock_guard<std::mutex> g(rt.mu);
+  rt.cfg.device_cc = cc;
+  rt.cfg.max_optin_smem = max_optin_smem;
+  rt.cfg.static_smem = static_smem;
+  rt.cfg.images = images == nullptr ? "" : images;
+  rt.max_dyn_smem.clear();  // a new device: no kernel has raised its limit yet
+}
+
+// featprune::cuda_kernel_problem(device) as compiled here.
+void fp_sim_kernel_problem(int device, char* out, int outlen) {
+  report(featprune::cuda_kernel_problem(device).c_str(), out, outlen);
+}
+
 // featprune::cuda_runtime_version() / cuda_driver_version() as compiled here.
 void fp_sim_cuda_versions(int* runtime, int* driver) {
   *runtime = featprune::cuda_runtime_version();

@@ -147,6 +147,10 @@ class SimKernels:
         lib.fp_sim_take_launches.restype = i32
         lib.fp_sim_cuda_versions.argtypes = [ctypes.POINTER(i32), ctypes.POINTER(i32)]
         lib.fp_sim_cuda_versions.restype = None
+        lib.fp_sim_configure_device.argtypes = [i32, i32, i32, ctypes.c_char_p]
+        lib.fp_sim_configure_device.restype = None
+        lib.fp_sim_kernel_problem.argtypes = [i32, ctypes.c_char_p, i32]
+        lib.fp_sim_kernel_problem.restype = None
         lib.fp_sim_selftest.argtypes = [i32, ptr, ctypes.c_char_p, i32]
         lib.fp_sim_selftest.restype = i32
         self.configure()
@@ -157,6 +161,20 @@ class SimKernels:
         within each barrier phase (forward, reverse, shuffle)."""
         code = {"forward": 0, "reverse": 1, "shuffle": 2}[schedule]
         self.lib.fp_sim_configure(workers, code, seed, driver_version)
+
+    def configure_device(self, *, cc: int = 90, max_optin_smem: int = 232448, static_smem: int = 0,
+                         images: str = "") -> None:
+        """The emulated GPU (default: an H100 that runs any build). cc: 10 * major + minor;
+        max_optin_smem: shared memory a block may opt into; static_smem: what every kernel
+        reports as its static shared memory; images: the build's archs as build_info() lists
+        them ("75-real,90-virtual"), "" for a build every device runs."""
+        self.lib.fp_sim_configure_device(cc, max_optin_smem, static_smem, images.encode())
+
+    def kernel_problem(self, device: int = 0) -> str:
+        """featprune::cuda_kernel_problem(device) under the emulation ("" = the kernels load)."""
+        out = ctypes.create_string_buffer(4096)
+        self.lib.fp_sim_kernel_problem(device, out, len(out))
+        return out.value.decode()
 
     def cuda_versions(self) -> tuple[int, int]:
         """(featprune::cuda_runtime_version(), cuda_driver_version()) under the emulation."""

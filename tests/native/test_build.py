@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 
@@ -17,8 +19,19 @@ def test_build_info_fields():
     assert isinstance(info["cuda"], bool) and isinstance(info["openmp"], bool)
     assert isinstance(info["cuda_archs"], str)
     assert info["cpu_prune_path"] in ("avx512", "avx2", "portable")
-    if info["cuda"]:
-        assert "90" in info["cuda_archs"]
+    if info["cuda"]:  # CMake's syntax, as FEATPRUNE_CUDA_ARCHS or the defaults gave it: "75-real,90-virtual"
+        assert all(re.fullmatch(r"\d+[af]?(-real|-virtual)?", arch) for arch in info["cuda_archs"].split(",")), info
+
+
+def test_one_openmp_runtime_in_the_process():
+    """_C needs libgomp.so.1 and the wheel bundles none: the loader must reuse the copy torch loaded."""
+    code = ("import featprune_ext, featprune_ext._C; "
+            "print(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libgomp' in l}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = ast.literal_eval(out.stdout)
+    if not featprune_ext.build_info()["openmp"]:
+        pytest.skip("built without OpenMP")
+    assert len(loaded) == 1, f"more than one OpenMP runtime loaded: {loaded}"
 
 
 def test_import_does_not_initialise_cuda():

@@ -202,6 +202,44 @@ def test_key_cache_threshold(sim, cols, cached):
     assert cols * 4 <= KEY_CACHE_LIMIT if cached else cols * 4 > KEY_CACHE_LIMIT
 
 
+# The architecture-specific path of the kernels: how much shared memory a block may opt into
+# (CUDA C++ Programming Guide, technical specifications per compute capability) decides whether
+# a row's keys are cached. The prune kernels' own static shared memory is 8272 bytes (256
+# threads) and 8336 (512 threads) by ptxas -v for sm_75; the emulation reports the larger for
+# every kernel. Everything else (bf16 and fp16 widened to fp32 by bit operations, integer
+# atomics, warp shuffles) is the same code on every architecture, sm_75 included.
+GPUS = {"T4-sm75": (75, 65536), "A100-sm80": (80, 166912), "A10-sm86": (86, 101376), "L4-sm89": (89, 101376),
+        "H100-sm90": (90, 232448), "B200-sm100": (100, 232448), "RTX5090-sm120": (120, 101376)}
+PRUNE_STATIC_SMEM = 8336
+
+
+def _prune_on(sim, gpu, cols, dtype):
+    cc, optin = GPUS[gpu]
+    sim.configure_device(cc=cc, max_optin_smem=optin, static_smem=PRUNE_STATIC_SMEM)
+    try:
+        check_prune(sim, weights(2, cols, dtype, kind="quantized"), scales(cols), k=cols // 3, mask_how=None)
+    finally:
+        sim.configure_device()
+    cached = cols * 4 <= KEY_CACHE_LIMIT and cols * 4 + PRUNE_STATIC_SMEM <= optin
+    assert prune_launch(sim).smem == (cols * 4 if cached else 0)
+    return cached
+
+
+@pytest.mark.parametrize("cols", [12288, 14336, 16384])
+@pytest.mark.parametrize("gpu", GPUS)
+def test_key_cache_on_each_architecture(sim, gpu, cols):
+    """bf16 rows whose cached keys need more than 48 KiB: every GPU caches them (after raising
+    the kernel's limit) except a T4 above about 14,300 columns, which recomputes them."""
+    cached = _prune_on(sim, gpu, cols, torch.bfloat16)
+    assert cached == (not gpu.startswith("T4") or cols == 12288)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_t4_recompute_path_other_dtypes(sim, dtype):
+    assert not _prune_on(sim, "T4-sm75", 14336, dtype)
+    assert _prune_on(sim, "T4-sm75", 12288, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("k_kind", ["some", "all_unprotected"])
 def test_unstructured_protect(sim, dtype, k_kind):

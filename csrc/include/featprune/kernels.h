@@ -3,6 +3,8 @@
 // CUDA entry points as functions that throw featprune::Error.
 #pragma once
 
+#include <string>
+
 #include <cstdint>
 
 #include "featprune/tensor.h"
@@ -71,5 +73,12 @@ bool cuda_compiled();
 // are 0 in a build without CUDA. Neither creates a CUDA context.
 int cuda_runtime_version();
 int cuda_driver_version();
+
+// Whether device `device` can run this build's kernels: "" when it can, else the CUDA
+// error (e.g. "cudaErrorNoKernelImageForDevice: ..." when the build carries no SASS the
+// GPU runs and no PTX it can JIT, "cudaErrorInsufficientDriver: ..." for an old driver).
+// Loads the kernels' module on that device (creates its primary context, as torch
+// already has for a tensor there); restores the current device.
+std::string cuda_kernel_problem(int device);
 
 }  // namespace featprune
