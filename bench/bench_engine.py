@@ -12,14 +12,16 @@ Medians over --repeats; the load average is printed (this VM's two cores are sha
 
     python bench/bench_engine.py --model gemma3-270m [--nsamples 24] [--shots 8] [--seqlen 512]
         [--batch-size auto] [--dtype float32] [--repeats 3] [--src NAME=PYTHONPATH ...] [--dtypes ...]
-        [--env NAME=VAR=VALUE ...] [--tuning NAME=FIELD=VALUE ...] [--naive] [--no-write]
+        [--env NAME=VAR=VALUE ...] [--option NAME=FLAG=VALUE ...] [--tuning NAME=FIELD=VALUE ...] [--naive]
+        [--no-write]
 
 Models: smollm2 and gemma3-270m (the real ones, from featprune_ext.data.zoo) and qwen2-0.5b (a random
 Qwen2-0.5B-shaped model generated once by bench/synth_model.py under ~/.cache/featprune/bench).
 --src adds a featprune arm run from another source tree (e.g. the code before a change), and its masks
 are compared byte for byte with the first arm's; --env adds one run with an environment variable set
-(e.g. avx2=FEATPRUNE_CPU_SIMD=avx2); --tuning adds one run with an engine lever set through the API
-(bench/tuned_prune.py; e.g. nofork=fork=0, wholepass=stats_early_stop=0, noearly=early_shard=0,
+(e.g. avx2=FEATPRUNE_CPU_SIMD=avx2); --option adds one run with a prune option added (e.g.
+hf=--model-code=transformers: transformers' model classes); --tuning adds one run with an engine lever
+set through the API (bench/tuned_prune.py; e.g. nofork=fork=0, wholepass=stats_early_stop=0, noearly=early_shard=0,
 nonice=background_nice=0, slowexit=fast_exit=0). --dtypes adds one featprune arm per compute dtype
 (mask agreement vs the first arm). --naive adds the naive in-memory Wanda (tests/helpers/naive.py).
 Replaces the "Floor: MODEL" subsection of the Engine section of bench/RESULTS.md.
@@ -196,13 +198,14 @@ def run_cmd(cmd: list[str], env: dict | None = None) -> tuple[float, str, float]
 
 
 def featprune_arm(model: Path, out: Path, common: list[str], batch_size: str, dtype: str | None,
-                  src: str | None, extra_env: dict | None = None, levers: list[str] | None = None) -> dict:
+                  src: str | None, extra_env: dict | None = None, levers: list[str] | None = None,
+                  options: list[str] | None = None) -> dict:
     env = {**os.environ, **(extra_env or {})}
     if src:
         env["PYTHONPATH"] = os.pathsep.join([src, str(HELPERS)])
     launch = [str(HERE / "tuned_prune.py"), *levers, "--"] if levers else ["-m", "featprune_ext"]
     cmd = [sys.executable, *launch, "prune", str(model), "--out", str(out), *common,
-           "--batch-size", str(batch_size), "--no-progress", "-q"]
+           "--batch-size", str(batch_size), "--no-progress", "-q", *(options or [])]
     if dtype:
         cmd += ["--dtype", dtype]
     load = os.getloadavg()[0]
@@ -334,6 +337,8 @@ def main(argv=None) -> int:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VAR=VALUE",
                    help="extra featprune arm run with the environment variable VAR=VALUE (e.g. "
                         "avx2=FEATPRUNE_CPU_SIMD=avx2: the AVX2 kernel path)")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=FLAG=VALUE",
+                   help="one more featprune arm with a prune option added (e.g. hf=--model-code=transformers)")
     p.add_argument("--tuning", action="append", default=[], metavar="NAME=FIELD=VALUE",
                    help="extra featprune arm run with an engine lever set (bench/tuned_prune.py; e.g. "
                         "nofork=fork=0: the calibration built in-process)")
@@ -368,6 +373,10 @@ def main(argv=None) -> int:
         name, _, assignment = spec.partition("=")
         var, _, value = assignment.partition("=")
         arms.append({"name": f"featprune ({name})", "src": None, "dtype": args.dtype, "env": {var: value}})
+    for spec in args.option:
+        name, _, option = spec.partition("=")
+        flag, _, value = option.partition("=")
+        arms.append({"name": f"featprune ({name})", "src": None, "dtype": args.dtype, "options": [flag, value]})
     for spec in args.tuning:
         name, _, lever = spec.partition("=")
         arms.append({"name": f"featprune ({name})", "src": None, "dtype": args.dtype, "levers": [lever]})
@@ -416,7 +425,7 @@ def main(argv=None) -> int:
                         env = {"FEATPRUNE_TOKEN_CACHE": str(fresh_token_cache(tmp / f"cache-{k}-{r}", arm["cache"],
                                                                               record))}
                     res = featprune_arm(model, out, common, arm.get("batch_size", args.batch_size), arm["dtype"],
-                                        arm["src"], env, arm.get("levers"))
+                                        arm["src"], env, arm.get("levers"), arm.get("options"))
                     results[arm["name"]].append(res)
                     if r == 0:
                         digests[arm["name"]] = mask_digest(out) if "error" not in res else None
