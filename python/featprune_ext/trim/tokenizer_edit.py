@@ -153,7 +153,8 @@ class TokenizerVocab:
 
     def closure(self, keep: set, have: Optional[set] = None) -> set:
         """`keep` plus every token on any merge path of a kept token (both parts of every merge that
-        builds a kept token, recursively). With `have` (already closed): only the ids `keep` adds to it."""
+        builds a kept token, recursively). With `have`: only the ids of that closure not in `have` (whose
+        members are not walked from unless they are in `keep`: pass a closed set)."""
         if self._parts is None:
             self._ids = {t: i for i, t in enumerate(self.tokens) if t is not None}
             self._parts = {}
@@ -161,7 +162,7 @@ class TokenizerVocab:
                 self._parts.setdefault(result, []).append((left, right))
         have = set() if have is None else have
         out = {i for i in keep if i not in have}
-        todo = [self.tokens[i] for i in out if self.tokens[i] is not None]
+        todo = [self.tokens[i] for i in keep if self.tokens[i] is not None]  # walk from all of keep
         while todo:
             token = todo.pop()
             for pair in self._parts.get(token, ()):
