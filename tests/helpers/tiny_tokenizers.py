@@ -119,7 +119,7 @@ def build_model(family: str, out_dir: Path, *, tied: bool, arch: str = "llama", 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0, 0.2)
     model.save_pretrained(out_dir)
