@@ -139,6 +139,7 @@ def trim(model_dir: PathLike, out_dir: PathLike, *, langs: Union[str, Sequence[s
     id_map_bytes = json.dumps({"old_vocab_size": tensors.rows, "new_vocab_size": len(kept),
                                "old_to_new": id_map}, separators=(",", ":")).encode()
 
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     with RunLock(out_dir):
         if out_dir.exists():
             raise InputError(f"{out_dir} appeared while trimming; refusing to overwrite it")

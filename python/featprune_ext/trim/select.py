@@ -24,6 +24,7 @@ from .tokenizer_edit import FAMILY_BYTE_LEVEL, TokenizerVocab, byte_alphabet, to
 __all__ = ["CorpusTexts", "Selection", "always_kept", "coverage", "load_corpus_texts", "select_by_corpus",
            "select_by_scripts"]
 
+ENCODE_CHUNK = 4096  # texts encoded at once
 HELDOUT_EVERY = 10  # every 10th corpus text is held out to measure coverage (when there are >= 20)
 
 
@@ -156,8 +157,9 @@ def select_by_corpus(vocab: TokenizerVocab, tokenizer, corpus: CorpusTexts, fixe
     if min_count < 1:
         raise InputError(f"--min-count must be at least 1, got {min_count}")
     counts: Counter = Counter()
-    for enc in tokenizer.encode_batch(corpus.texts, add_special_tokens=False):
-        counts.update(enc.ids)
+    for start in range(0, len(corpus.texts), ENCODE_CHUNK):  # chunks: a word list's encodings add up
+        for enc in tokenizer.encode_batch(corpus.texts[start:start + ENCODE_CHUNK], add_special_tokens=False):
+            counts.update(enc.ids)
     candidates = sorted((i for i, c in counts.items() if c >= min_count), key=lambda i: (-counts[i], i))
     if not candidates:
         raise InputError(f"no token occurs {min_count} times or more in the corpus ({len(corpus.texts)} texts)")
