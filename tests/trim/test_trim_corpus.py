@@ -164,3 +164,17 @@ def test_cli_trims_and_reports_errors_in_one_line(vocab_model, tmp_path):
     assert "klingon" in bad.stderr
     usage = subprocess.run(cmd + ["--max-tokens", "0"], capture_output=True, text=True, timeout=120)
     assert usage.returncode == 2 and "--max-tokens" in usage.stderr
+
+
+def test_a_killed_runs_partial_is_replaced_and_parents_are_created(vocab_model, tmp_path):
+    src = vocab_model("unigram", True)
+    out = tmp_path / "new" / "dir" / "out"
+    out.parent.mkdir(parents=True)
+    stale = out.with_name("out.partial")
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half a file")
+    trim(src, out, langs="es", progress=False)
+    assert not stale.exists() and not out.with_name("out.lock").exists()
+    assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == len(AutoTokenizer.from_pretrained(out))
+    trim(src, tmp_path / "a" / "b" / "c", langs="es", progress=False)
+    assert (tmp_path / "a" / "b" / "c" / "featprune.json").is_file()
