@@ -63,15 +63,18 @@ def machine_line() -> str:
 
 
 class Cache:
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, render_only: bool = False):
         self.dir = work / "results"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.render_only = render_only
 
     def get(self, key: str, fn, *args):
         """fn(*args), or its result from an earlier run."""
         path = self.dir / f"{key}.json"
         if path.is_file():
             return json.loads(path.read_text())
+        if self.render_only:
+            return None
         value = fn(*args)
         path.write_text(json.dumps(value, indent=1))
         return value
@@ -199,29 +202,42 @@ def generation_memory(model_dir: Path, texts: list[str], args) -> dict:
 
 
 # -- quality ----------------------------------------------------------------------------------------
-def quality(model_dir: Path, corpus: Path, choice_langs: list[str], ppl_langs: list[str], args) -> dict:
+def quality(cache: Cache, name: str, model_dir: Path, corpus: Path, choice_langs: list[str], ppl_langs: list[str],
+            args) -> dict:
+    """Translation-choice and perplexity per language, each cached on its own (the model loads only when
+    something is missing)."""
     from featprune_ext.data.languages import resolve
     from featprune_ext.study.runner import evaluate
     from featprune_ext.study.scorer import Scorer
     from featprune_ext.study.tasks import ppl_items
 
-    scorer = Scorer(model_dir, progress=False)
-    out = {"choice": {}, "ppl": {}}
-    for lang in choice_langs:
-        r = evaluate(model_dir, "translation-choice", [lang], data=corpus, limit=args.items, scorer=scorer,
+    scorer = []
+
+    def get_scorer():
+        if not scorer:
+            scorer.append(Scorer(model_dir, progress=False))
+        return scorer[0]
+
+    def choice(lang):
+        r = evaluate(model_dir, "translation-choice", [lang], data=corpus, limit=args.items, scorer=get_scorer(),
                      progress=False, n_boot=200)
         s = r["languages"][next(iter(r["languages"]))]
         alt_preds = [max(range(len(it["scores_alt"])), key=lambda j: it["scores_alt"][j]) for it in s["items"]]
-        out["choice"][lang] = {"acc": s["acc"], "acc_per_token": s["acc_alt"], "n": s["n"],
-                               "preds": [it["pred"] for it in s["items"]], "preds_per_token": alt_preds}
-    for lang in ppl_langs:
-        r = evaluate(model_dir, "ppl", [lang], data=corpus, limit=args.ppl_items, scorer=scorer, progress=False,
+        return {"acc": s["acc"], "acc_per_token": s["acc_alt"], "n": s["n"],
+                "preds": [it["pred"] for it in s["items"]], "preds_per_token": alt_preds}
+
+    def ppl(lang):
+        r = evaluate(model_dir, "ppl", [lang], data=corpus, limit=args.ppl_items, scorer=get_scorer(), progress=False,
                      n_boot=200)
         s = r["languages"][next(iter(r["languages"]))]
         chars = sum(len(it["text"]) for it in ppl_items(corpus, resolve(lang), args.ppl_items, 0))
         bpc = math.log(s["ppl"]) * s["tokens"] / chars / math.log(2)  # comparable across tokenizations
-        out["ppl"][lang] = {"ppl": s["ppl"], "tokens": s["tokens"], "n": s["n"], "chars": chars, "bpc": bpc}
-    return out
+        return {"ppl": s["ppl"], "tokens": s["tokens"], "n": s["n"], "chars": chars, "bpc": bpc}
+
+    out = {"choice": {lang: cache.get(f"choice-{args.items}-{name}-{lang}", choice, lang) for lang in choice_langs},
+           "ppl": {lang: cache.get(f"ppl-{args.ppl_items}-{name}-{lang}", ppl, lang) for lang in ppl_langs}}
+    out = {k: {lang: v for lang, v in d.items() if v is not None} for k, d in out.items()}
+    return out if out["choice"] or out["ppl"] else None
 
 
 def tokens_per_char(model_dir: Path, corpus: Path, lang: str, n: int) -> float:
@@ -264,6 +280,8 @@ def variant_rows(cache: Cache, work: Path, corpus: Path, model: str, model_dir: 
         name = f"{key}-{mode.replace(' ', '').replace(',', '-').replace('+', '-')}"
         log(f"{name}: trim")
         trimmed = cache.get(f"trim-{name}", run_trim, model_dir, work / "models" / name, langs, extra)
+        if trimmed is None:  # --render-only and never run
+            continue
         row = {"model": model, "langs": langs, "mode": mode, **trimmed}
         out_dir = Path(trimmed["dir"])
         if "speed" not in args.skip:
@@ -272,15 +290,15 @@ def variant_rows(cache: Cache, work: Path, corpus: Path, model: str, model_dir: 
             row["genmem"] = cache.get(f"genmem-{name}", generation_memory, out_dir, texts, args)
         if "quality" not in args.skip:
             log(f"{name}: quality")
-            row["quality"] = cache.get(f"quality-{name}", quality, out_dir, corpus, target, codes + [NOT_KEPT],
-                                                                          args)
-            row["not_kept_tpc"] = cache.get(f"tpc-{name}", tokens_per_char, out_dir, corpus, NOT_KEPT,
-                                                                                   args.ppl_items)
+            row["quality"] = quality(cache, name, out_dir, corpus, target, codes + [NOT_KEPT], args)
+            tpc = cache.get(f"tpc-{name}", tokens_per_char, out_dir, corpus, NOT_KEPT, args.ppl_items)
+            if tpc is not None:
+                row["not_kept_tpc"] = tpc
         rows.append(row)
     return rows
 
 
-def dense_row(cache: Cache, corpus: Path, model: str, model_dir: Path, args) -> dict:
+def dense_row(cache: Cache, corpus: Path, model: str, model_dir: Path, langs: list[str], args) -> dict:
     from featprune_ext.engine.checkpoint import Checkpoint
 
     ckpt = Checkpoint(model_dir)
@@ -291,11 +309,11 @@ def dense_row(cache: Cache, corpus: Path, model: str, model_dir: Path, args) -> 
     if "speed" not in args.skip:
         row["genmem"] = cache.get(f"genmem-{model}-dense", generation_memory, model_dir, texts, args)
     if "quality" not in args.skip:
-        langs = [c for c in CORPUS_LANGS.split(",") if c != NOT_KEPT]
-        row["quality"] = cache.get(f"quality-{model}-dense",
-                                   quality, model_dir, corpus, langs, langs + ["en", NOT_KEPT], args)
-        row["not_kept_tpc"] = cache.get(f"tpc-{model}-dense", tokens_per_char, model_dir, corpus, NOT_KEPT,
-                                                                                      args.ppl_items)
+        others = [c for c in langs if c != "en"]
+        row["quality"] = quality(cache, f"{model}-dense", model_dir, corpus, others, [*others, "en", NOT_KEPT], args)
+        tpc = cache.get(f"tpc-{model}-dense", tokens_per_char, model_dir, corpus, NOT_KEPT, args.ppl_items)
+        if tpc is not None:
+            row["not_kept_tpc"] = tpc
     return row
 
 
@@ -339,7 +357,9 @@ def fmt_ppl(row: dict, langs: list[str]) -> str:
 def render(rows: list[dict], dense: dict[str, dict], sweep: list[dict], args, machine: str, plot: str | None) -> str:
     gib = 1024 ** 3
     lines = ["## Vocabulary trim (`featprune trim`, issue 27)", "",
-             f"Command: `.venv/bin/python bench/bench_trim.py {' '.join(sys.argv[1:])}`. Machine: {machine}.",
+             "Made by `bench/run_bench_trim.sh` (its parts run `.venv/bin/python bench/bench_trim.py` with the "
+             f"settings below; this table: `bench/bench_trim.py {' '.join(sys.argv[1:])}`). Machine at the first "
+             f"measurement: {machine}.",
              f"Quality: {args.items} translation-choice items per kept non-English language and {args.ppl_items} "
              "perplexity sentences per language, from the evaluation split of `featprune data gettext --langs "
              f"{CORPUS_LANGS}` (interface strings, not prose; trims read only its calibration split). The models "
@@ -409,7 +429,9 @@ def draw(sweep: list[dict], dense: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pts = sorted((r["params"] / dense["params"], r["quality"]["choice"]["es"]["acc"], r["quality"]["ppl"]["es"]["ppl"])
-                 for r in sweep if r.get("quality"))
+                 for r in sweep if r.get("quality") and "es" in r["quality"]["choice"] and "es" in r["quality"]["ppl"])
+    if not pts or not dense.get("quality") or "es" not in dense["quality"]["choice"]:
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="corpus mode (--max-tokens sweep)")
     dq = dense["quality"]["choice"]["es"]["acc"]
@@ -431,6 +453,8 @@ def main() -> int:
     p.add_argument("--sets", default=DEFAULT_SETS, help="';'-separated language sets")
     p.add_argument("--only", choices=("target", "grid", "sweep"), action="append", default=None)
     p.add_argument("--skip", choices=("speed", "quality"), action="append", default=[])
+    p.add_argument("--render-only", action="store_true",
+                   help="measure nothing: render the markdown from what the cache holds (after runs of parts)")
     p.add_argument("--work", default="/tmp/featprune_bench_trim")
     p.add_argument("--items", type=int, default=20)
     p.add_argument("--ppl-items", type=int, default=40)
@@ -438,7 +462,7 @@ def main() -> int:
     p.add_argument("--prefill-tokens", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--sweep", default="4000,8000,12000,16000,24000")
+    p.add_argument("--sweep", default="3000,6000,12000,18000")
     p.add_argument("--out", default=str(REPO / "bench" / "results_trim.md"))
     p.add_argument("--plot", default=str(REPO / "docs" / "trim_size_quality.png"))
     args = p.parse_args()
@@ -448,12 +472,19 @@ def main() -> int:
     only = set(args.only or ("target", "grid", "sweep"))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    cache = Cache(work)
-    machine = machine_line()
+    cache = Cache(work, args.render_only)
+    machine = cache.get("machine", lambda: {"line": machine_line()})
+    machine = machine["line"] if machine else machine_line()
     corpus = gettext_corpus(work)
     dirs = model_dirs()
     models = args.models.split(",")
-    dense = {m: dense_row(cache, corpus, m, dirs[m], args) for m in models}
+    wanted = set()
+    if "target" in only or "sweep" in only:
+        wanted |= {"es", "en"}
+    if "grid" in only:
+        wanted |= {c for langs in args.sets.split(";") for c in langs.split(",")}
+    dense_langs = [c for c in CORPUS_LANGS.split(",") + ["en"] if c in wanted]
+    dense = {m: dense_row(cache, corpus, m, dirs[m], dense_langs, args) for m in models}
     rows: list[dict] = []
     if "target" in only and "gemma3" in models:
         rows += variant_rows(cache, work, corpus, "gemma3", dirs["gemma3"], "es,en", args)
@@ -471,6 +502,7 @@ def main() -> int:
     plot = None
     if sweep and "quality" not in args.skip and args.plot:
         draw(sweep, dense["gemma3"], Path(args.plot))
+    if Path(args.plot).is_file():
         plot = str(Path(args.plot).relative_to(REPO)) if Path(args.plot).is_relative_to(REPO) else args.plot
     text = render(rows, dense, sweep, args, machine, plot)
     Path(args.out).write_text(text)
