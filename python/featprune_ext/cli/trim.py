@@ -56,4 +56,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out}: {t['kept_tokens']} of {t['old_vocab_size']} tokens, "
               f"{m['params_after']:,} of {m['params_before']:,} parameters "
               f"({m['params_after'] / m['params_before']:.2f}x)")
+        cov = (t.get("corpus") or {}).get("coverage")
+        if cov:
+            print(f"held-out corpus text ({cov['heldout_texts']} texts): {cov['words_same_pieces']:.1%} of words and "
+                  f"{cov['texts_same_pieces']:.1%} of texts keep their pieces; text outside the corpus may split "
+                  "into more, less familiar pieces")
     return 0
