@@ -284,7 +284,7 @@ def variant_rows(cache: Cache, work: Path, corpus: Path, model: str, model_dir: 
             continue
         row = {"model": model, "langs": langs, "mode": mode, **trimmed}
         out_dir = Path(trimmed["dir"])
-        if "speed" not in args.skip:
+        if "speed" not in args.skip and (args.speed_modes is None or mode in args.speed_modes.split(",")):
             log(f"{name}: speed (interleaved with dense)")
             row["speed"] = cache.get(f"speed-{name}", speed_pair, model_dir, out_dir, texts, args)
             row["genmem"] = cache.get(f"genmem-{name}", generation_memory, out_dir, texts, args)
@@ -453,6 +453,8 @@ def main() -> int:
     p.add_argument("--sets", default=DEFAULT_SETS, help="';'-separated language sets")
     p.add_argument("--only", choices=("target", "grid", "sweep"), action="append", default=None)
     p.add_argument("--skip", choices=("speed", "quality"), action="append", default=[])
+    p.add_argument("--speed-modes", default=None,
+                   help="comma-separated modes to time (scripts, corpus, corpus + word lists); default all")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing: render the markdown from what the cache holds (after runs of parts)")
     p.add_argument("--work", default="/tmp/featprune_bench_trim")
