@@ -464,7 +464,7 @@ def main() -> int:
     p.add_argument("--prefill-tokens", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--sweep", default="3000,6000,12000,18000")
+    p.add_argument("--sweep", default="8000,12000,16000,20000")  # Gemma always keeps 6,640
     p.add_argument("--out", default=str(REPO / "bench" / "results_trim.md"))
     p.add_argument("--plot", default=str(REPO / "docs" / "trim_size_quality.png"))
     args = p.parse_args()
