@@ -197,9 +197,7 @@ def coverage(original, trimmed, old_to_new: dict, texts: Sequence[str]) -> Optio
     if not texts:
         return None
     tokens = kept_tokens = words = same_words = same_texts = 0
-    enc_a = original.encode_batch(list(texts), add_special_tokens=False)
-    enc_b = trimmed.encode_batch(list(texts), add_special_tokens=False)
-    for text, a, b in zip(texts, enc_a, enc_b):
+    for text, a, b in _encoded_pairs(original, trimmed, list(texts)):
         mapped = [old_to_new.get(i, -1) for i in a.ids]
         tokens += len(mapped)
         kept_tokens += sum(1 for i in mapped if i >= 0)
@@ -212,6 +210,14 @@ def coverage(original, trimmed, old_to_new: dict, texts: Sequence[str]) -> Optio
     return {"heldout_texts": len(texts), "token_coverage": round(kept_tokens / max(tokens, 1), 6),
             "words": words, "words_same_pieces": round(same_words / max(words, 1), 6),
             "texts_same_pieces": round(same_texts / len(texts), 6)}
+
+
+def _encoded_pairs(original, trimmed, texts: list):
+    """(text, original encoding, trimmed encoding), encoded ENCODE_CHUNK texts at a time."""
+    for start in range(0, len(texts), ENCODE_CHUNK):
+        chunk = texts[start:start + ENCODE_CHUNK]
+        yield from zip(chunk, original.encode_batch(chunk, add_special_tokens=False),
+                       trimmed.encode_batch(chunk, add_special_tokens=False))
 
 
 def _by_word(ids: list, offsets: list, word_ends: list) -> dict:
