@@ -422,27 +422,42 @@ def render(rows: list[dict], dense: dict[str, dict], sweep: list[dict], args, ma
     return "\n".join(lines) + "\n"
 
 
-def draw(sweep: list[dict], dense: dict, path: Path) -> None:
+def draw(sweep: list[dict], others: list[dict], dense: dict, path: Path) -> None:
+    """Accuracy and bits per character (comparable across tokenizations) against the parameter fraction."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = sorted((r["params"] / dense["params"], r["quality"]["choice"]["es"]["acc"], r["quality"]["ppl"]["es"]["ppl"])
-                 for r in sweep if r.get("quality") and "es" in r["quality"]["choice"] and "es" in r["quality"]["ppl"])
-    if not pts or not dense.get("quality") or "es" not in dense["quality"]["choice"]:
+    def point(r):
+        q = r.get("quality") or {}
+        if "es" not in q.get("choice", {}) or "es" not in q.get("ppl", {}):
+            return None
+        return r["params"] / dense["params"], q["choice"]["es"]["acc"], q["ppl"]["es"]["bpc"]
+
+    pts = sorted(p for p in map(point, sweep) if p)
+    dq = dense.get("quality") or {}
+    if not pts or "es" not in dq.get("choice", {}):
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="corpus mode (--max-tokens sweep)")
-    dq = dense["quality"]["choice"]["es"]["acc"]
-    ax.axhline(dq, color="gray", ls="--", label=f"dense ({dq:.2f})")
-    ax.set_xlabel("parameters (fraction of dense)")
-    ax.set_ylabel("translation-choice accuracy, es")
-    ax.set_title("Gemma 3 270M trimmed to es+en: size vs quality")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     ax2 = ax.twinx()
-    ax2.plot([p[0] for p in pts], [p[2] for p in pts], "s:", color="tab:red", label="perplexity es")
-    ax2.set_ylabel("perplexity, es (held out)", color="tab:red")
-    ax.legend(loc="lower right")
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="tab:blue", label="accuracy, corpus --max-tokens")
+    ax2.plot([p[0] for p in pts], [p[2] for p in pts], "s:", color="tab:red", label="bits/char, corpus --max-tokens")
+    for r in others:
+        p = point(r)
+        if p:
+            ax.plot([p[0]], [p[1]], "^", color="tab:blue")
+            ax2.plot([p[0]], [p[2]], "v", color="tab:red")
+            ax.annotate(r["mode"], (p[0], p[1]), textcoords="offset points", xytext=(-10, 8), fontsize=8)
+    ax.plot([1.0], [dq["choice"]["es"]["acc"]], "D", color="black", label="dense")
+    ax2.plot([1.0], [dq["ppl"]["es"]["bpc"]], "D", color="gray")
+    ax.set_xlabel("parameters (fraction of dense)")
+    ax.set_ylabel(f"translation-choice accuracy, es ({dq['choice']['es']['n']} items)", color="tab:blue")
+    ax2.set_ylabel("bits per character, held-out es", color="tab:red")
+    ax.set_title("Gemma 3 270M trimmed to es+en: size vs quality")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -503,7 +518,8 @@ def main() -> int:
         sweep += [dict(r, mode="corpus, no cap") for r in full]
     plot = None
     if sweep and "quality" not in args.skip and args.plot:
-        draw(sweep, dense["gemma3"], Path(args.plot))
+        others = [r for r in rows if r["model"] == "gemma3" and r["langs"] == "es,en" and r["mode"] != "corpus"]
+        draw(sweep, others, dense["gemma3"], Path(args.plot))
     if Path(args.plot).is_file():
         plot = str(Path(args.plot).relative_to(REPO)) if Path(args.plot).is_relative_to(REPO) else args.plot
     text = render(rows, dense, sweep, args, machine, plot)
