@@ -381,10 +381,11 @@ def targets(rows: list[dict], dense: dict[str, dict]) -> list[str]:
     c = by_mode.get("corpus")
     if c and c.get("speed"):
         sp = c["speed"]
+        langs = list((c.get("quality") or {}).get("choice", {}))
         out.append(f"* corpus (gettext): {c['params'] / d['params']:.2f}x parameters (<= 0.6x: "
                    f"{ok(c['params'] <= 0.6 * d['params'])}); decode {sp['decode_b1']['ratio']:.2f}x at batch 1, "
                    f"{sp['decode_b8']['ratio']:.2f}x at batch 8 (>= 1.5x: {ok(sp['decode_b1']['ratio'] >= 1.5)}); "
-                   f"quality cost: {fmt_acc(c)} vs dense {fmt_acc(d, list((c.get('quality') or {}).get('choice', {})))}, "
+                   f"quality cost: {fmt_acc(c)} vs dense {fmt_acc(d, langs)}, "
                    f"same answers {same_answers(c, d)}; trim "
                    f"{c['wall_s']:.0f} s and {c['peak_rss_bytes'] / 1024 ** 3:.2f} GiB")
     return out
