@@ -3,6 +3,7 @@ translation demonstrations (Kim et al., EMNLP Findings 2024).
 
     import featprune_ext as fp
     fp.prune("model/", "pruned/", calib="mt:fr-en", data="corpus/", sparsity=0.5)   # a whole model
+    fp.trim.trim("model/", "model-es-en/", langs="es,en")                            # its vocabulary
     fp.prune_rows_(w, col_scale, sparsity=0.5)                                       # the kernels
     fp.accumulate_stats(x, sumsq, count, token_mask=mask)
 
@@ -20,7 +21,7 @@ from .ops import accumulate_hessian, accumulate_stats, prune_rows_
 
 __all__ = ["DiskFullError", "FeatpruneError", "InputError", "KernelError", "__version__", "accumulate_hessian",
            "accumulate_stats",
-           "build_info", "prune", "prune_rows_"]
+           "build_info", "prune", "prune_rows_", "trim"]
 
 
 def build_info() -> dict:
@@ -48,4 +49,8 @@ def __getattr__(name: str):
         from .api import prune
 
         return prune
+    if name == "trim":  # the vocabulary trim subpackage: featprune_ext.trim.trim(model, out, langs=...)
+        import importlib
+
+        return importlib.import_module(".trim", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,7 +33,7 @@ __all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAG
            "main", "run_parsed"]
 
 # subcommand modules, in the order `featprune --help` lists them
-COMMANDS = ["prune", "data", "eval", "analyze", "demo"]
+COMMANDS = ["prune", "trim", "data", "eval", "analyze", "demo"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -27,7 +27,8 @@ import torch
 from ..errors import InputError
 from ..files import atomic_write, atomic_write_json, write_fd
 
-__all__ = ["Checkpoint", "RawTensor", "TensorInfo", "safetensors_filler", "write_index", "write_safetensors"]
+__all__ = ["Checkpoint", "RawTensor", "RowGather", "TensorInfo", "safetensors_filler", "write_index",
+           "write_safetensors"]
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -61,6 +62,17 @@ class RawTensor:
 
     checkpoint: Checkpoint
     name: str
+
+
+@dataclass(frozen=True, eq=False)
+class RowGather:
+    """Rows `rows` (sorted, unique int64) of an input tensor, written in order without ever holding the
+    whole tensor: read and written `chunk_rows` rows at a time (the vocabulary trim)."""
+
+    checkpoint: Checkpoint
+    name: str
+    rows: torch.Tensor
+    chunk_rows: int = 8192
 
 
 def _numel(shape) -> int:
@@ -268,13 +280,23 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
-TensorSource = Union[torch.Tensor, RawTensor]
+def _copy_rows(src: RowGather, dst_fd: int) -> None:
+    ckpt, info = src.checkpoint, src.checkpoint.info(src.name)
+    if len(info.shape) == 1:  # a bias over the vocabulary: small
+        write_fd(dst_fd, _tensor_bytes(ckpt.read(src.name)[src.rows]))
+        return
+    for start in range(0, src.rows.numel(), src.chunk_rows):
+        write_fd(dst_fd, _tensor_bytes(ckpt.read_rows(src.name, src.rows[start:start + src.chunk_rows])))
+
+
+TensorSource = Union[torch.Tensor, RawTensor, RowGather]
 
 
 def safetensors_filler(tensors: Iterable[tuple[str, TensorSource]], metadata: dict | None = None):
     """(fill, data bytes): fill(fd) writes one safetensors file of `tensors` to the open file fd.
 
-    Each entry is a CPU/CUDA tensor or a RawTensor copied byte for byte from an input file.
+    Each entry is a CPU/CUDA tensor, a RawTensor copied byte for byte from an input file, or a
+    RowGather of some rows of an input tensor.
     """
     entries = sorted(tensors, key=lambda e: e[0])
     header: dict = {"__metadata__": {"format": "pt", **(metadata or {})}}
@@ -283,6 +305,10 @@ def safetensors_filler(tensors: Iterable[tuple[str, TensorSource]], metadata: di
         if isinstance(src, RawTensor):
             info = src.checkpoint.info(src.name)
             dtype, shape, nbytes = info.dtype, info.shape, info.nbytes
+        elif isinstance(src, RowGather):
+            info = src.checkpoint.info(src.name)
+            dtype, shape = info.dtype, (src.rows.numel(), *info.shape[1:])
+            nbytes = _numel(shape) * _itemsize(dtype)
         else:
             dtype, shape, nbytes = src.dtype, tuple(src.shape), src.numel() * src.element_size()
         if dtype not in _DTYPE_NAMES:
@@ -297,6 +323,8 @@ def safetensors_filler(tensors: Iterable[tuple[str, TensorSource]], metadata: di
         for _, src in entries:
             if isinstance(src, RawTensor):
                 _copy_raw(src, fd)
+            elif isinstance(src, RowGather):
+                _copy_rows(src, fd)
             else:
                 write_fd(fd, _tensor_bytes(src))
 
