@@ -300,9 +300,10 @@ def variant_rows(cache: Cache, work: Path, corpus: Path, model: str, model_dir: 
 
 def dense_row(cache: Cache, corpus: Path, model: str, model_dir: Path, langs: list[str], args) -> dict:
     from featprune_ext.engine.checkpoint import Checkpoint
+    from featprune_ext.engine.report import numel
 
     ckpt = Checkpoint(model_dir)
-    params = sum(int(torch_numel(i.shape)) for i in ckpt.tensors.values())
+    params = sum(numel(i.shape) for i in ckpt.tensors.values())
     row = {"model": model, "langs": "(all)", "mode": "dense", "kept_tokens": ckpt.config_dict.get("vocab_size"),
            "params": params, "file_bytes": ckpt.file_bytes, "dir": str(model_dir)}
     texts = heldout_texts(corpus, "fr", 16)
@@ -315,13 +316,6 @@ def dense_row(cache: Cache, corpus: Path, model: str, model_dir: Path, langs: li
         if tpc is not None:
             row["not_kept_tpc"] = tpc
     return row
-
-
-def torch_numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 # -- report -----------------------------------------------------------------------------------------
