@@ -161,3 +161,40 @@ def test_adam_refit_is_deterministic_and_reduces_the_error():
     assert all(torch.equal(a[k], b[k]) for k in a)
     err = lambda p: float(loss(p, torch.Generator().manual_seed(9)))
     assert err(a) < 0.7 * err(params)
+
+
+def test_adam_refit_of_cut_attention_replays_its_calls(tiny_model):
+    """call_loss: the cut attention (half its key/value groups) called as the model calls it, with rotary
+    embeddings and mask; Adam lowers its error to the dense attention's output."""
+    from tiny_models import TEXTS
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from featprune_ext.structured.recovery import call_loss
+
+    d = tiny_model("llama")
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(d)
+    attn = model.model.layers[1].self_attn
+    calls, outputs, masks = [], [], []
+
+    def keep(module, args, kwargs, out):
+        calls.append((args, dict(kwargs)))
+        outputs.append(out[0])
+
+    hook = attn.register_forward_hook(keep, with_kwargs=True)
+    with torch.no_grad():
+        for text in TEXTS[:4]:
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            model(input_ids=ids, use_cache=False)
+            masks.append(torch.ones_like(ids, dtype=torch.bool))
+    hook.remove()
+    dense = {f"{p}.weight": getattr(attn, p).weight.data for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    cut = cut_attention({f"self_attn.{k}": v for k, v in dense.items()}, LAYOUTS["llama"], [1], 2, 8)
+    params = {k.removeprefix("self_attn."): v for k, v in cut.items()}
+    loss = call_loss(attn, calls, outputs, masks)
+    err = lambda p: sum(float(loss(p, torch.Generator().manual_seed(s))) for s in range(4))
+    trained = adam_refit(params, loss, steps=40, lr=3e-3, seed=0)
+    assert err(trained) < 0.8 * err(params)
+    assert trained["q_proj.weight"].shape == (16, 32) and trained["o_proj.weight"].shape == (32, 16)
+    again = adam_refit(params, loss, steps=40, lr=3e-3, seed=0)
+    assert all(torch.equal(trained[k], again[k]) for k in trained)
