@@ -189,8 +189,11 @@ class _Capture:
         self.handle.remove()
 
 
-def _gram(block, name: str, calls, hidden, batches, bucket_names, capture: _Capture | None = None):
-    """(sum x x^T, tokens) of the input of `name` over the batches (the engine's SparseGPT statistics pass)."""
+def _gram(block, name: str, calls, hidden, batches, bucket_names, capture: _Capture | None, opts: Options):
+    """(sum x x^T, tokens) of the input of `name` over the batches (the engine's SparseGPT statistics pass),
+    or (None, 0) without a pass when neither the score nor the recovery reads activations."""
+    if opts.score == "magnitude" and opts.recovery == "none":
+        return None, 0
     linear = PrunableLinear(name, block.get_submodule(name), transposed=False)
     try:
         stats = collect_hessians(block, [linear], calls, hidden, batches, bucket_names, None, torch.device("cpu"),
@@ -202,8 +205,8 @@ def _gram(block, name: str, calls, hidden, batches, bucket_names, capture: _Capt
     return hs.hessian, int(hs.count.sum())
 
 
-def _rms(gram: torch.Tensor, tokens: int) -> torch.Tensor:
-    return (gram.diagonal() / max(tokens, 1)).sqrt()
+def _rms(gram: torch.Tensor | None, tokens: int) -> torch.Tensor | None:
+    return None if gram is None else (gram.diagonal() / max(tokens, 1)).sqrt()
 
 
 def _cut_heads(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names):
@@ -211,7 +214,7 @@ def _cut_heads(block, rel, plan: StructuredPlan, layout, opts: Options, calls, h
     attn_path = q.rpartition(".")[0]
     capture = _Capture(block.get_submodule(attn_path), [b.mask for b in batches], sequence=True) \
         if opts.recovery == "adam" else None
-    gram, tokens = _gram(block, o, calls, hidden, batches, bucket_names, capture)
+    gram, tokens = _gram(block, o, calls, hidden, batches, bucket_names, capture, opts)
     scores = group_scores(rel[f"{o}.weight"], _rms(gram, tokens), plan.num_kv_heads, opts.score)
     keep = keep_lowest_removed(scores, plan.kv_remove)
     dense_o = rel[f"{o}.weight"]
@@ -236,7 +239,7 @@ def _cut_channels(block, rel, plan: StructuredPlan, layout, opts: Options, calls
     mlp_path = down.rpartition(".")[0]
     capture = _Capture(block.get_submodule(mlp_path), [b.mask for b in batches], sequence=False) \
         if opts.recovery == "adam" else None
-    gram, tokens = _gram(block, down, calls, hidden, batches, bucket_names, capture)
+    gram, tokens = _gram(block, down, calls, hidden, batches, bucket_names, capture, opts)
     scores = channel_scores(rel[f"{down}.weight"], _rms(gram, tokens), opts.score)
     keep = keep_lowest_removed(scores, plan.mlp_remove)
     dense_down = rel[f"{down}.weight"]
