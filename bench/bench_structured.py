@@ -82,6 +82,63 @@ def decode_ratio(dense, cut, prompt: torch.Tensor, new_tokens: int, rounds: int)
             "cut_tok_s": round(n / tc, 2), "speedup": round(td / tc, 3)}
 
 
+def decode_cpu_ratio(dense, cut, prompt: torch.Tensor, new_tokens: int, rounds: int) -> dict:
+    """Like decode_ratio, but CPU seconds of this process with one intra-op thread: the work per token,
+    which the other processes' load on a shared machine does not inflate as it does wall time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        decode_seconds(dense, prompt, 2)
+        decode_seconds(cut, prompt, 2)
+        td = tc = 0.0
+        for _ in range(rounds):
+            t = time.process_time()
+            decode_seconds(dense, prompt, new_tokens)
+            td += time.process_time() - t
+            t = time.process_time()
+            decode_seconds(cut, prompt, new_tokens)
+            tc += time.process_time() - t
+    finally:
+        torch.set_num_threads(threads)
+    n = prompt.shape[0] * new_tokens * rounds
+    return {"batch": prompt.shape[0], "new_tokens": new_tokens, "rounds": rounds, "threads": 1,
+            "dense_tok_per_cpu_s": round(n / td, 2), "cut_tok_per_cpu_s": round(n / tc, 2),
+            "speedup": round(td / tc, 3)}
+
+
+def decode_only(args) -> None:
+    """Decode speed per setting only: the cut's shapes decide it, not the score or recovery, so each setting
+    is cut by magnitude without recovery (blocks by influence on 2 calibration samples) and timed."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from featprune_ext.data.calibration import build_calibration
+    from featprune_ext.engine import make_batches, pad_id_for
+    from featprune_ext.structured import Options, parse_spec, prune_in_memory, read_checkpoint, validate, write_model
+
+    src = model_dir(args.model)
+    tok = AutoTokenizer.from_pretrained(src)
+    hf_config = AutoConfig.from_pretrained(src)
+    config_dict = json.loads((src / "config.json").read_text())
+    cal = build_calibration("mt:fr-en", tok, nsamples=2, seqlen=args.seqlen, shots=4, seed=0)
+    batches = make_batches(cal, 2, pad_id_for(hf_config, hf_config.vocab_size))
+    prompt_ids = tok("English: The file could not be opened.\nFrench:", return_tensors="pt")["input_ids"]
+    out_path = Path(args.decode_json or args.json)
+    load = lambda d: AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    dense, ckpt = load(src), read_checkpoint(src)
+    for spec_text in args.decode_only:
+        plan = validate(parse_spec(spec_text), hf_config)
+        cut, new_config, report = prune_in_memory(load(src), ckpt, config_dict, plan, batches, cal.bucket_names,
+                                                  Options(score="magnitude", recovery="none"))
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            cut_model = load(write_model(src, Path(tmp) / "cut", cut, new_config, report))
+        entry = [decode_cpu_ratio(dense, cut_model, prompt_ids.repeat(b, 1), args.decode_tokens, args.decode_rounds)
+                 for b in args.decode_batches]
+        results = json.loads(out_path.read_text()) if out_path.exists() else {}
+        results.setdefault("decode_cpu", {})[spec_text] = entry
+        out_path.write_text(json.dumps(results, indent=1) + "\n")
+        print(spec_text, json.dumps(entry), flush=True)
+
+
 def params_of(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -157,19 +214,21 @@ def run(args) -> None:
 def table(results: dict) -> str:
     d = results["dense"]
     rows = ["| setting | score | recovery | params (x dense) | bytes | ppl en (x dense) | ppl fr (x dense) | "
-            "decode b1 speedup | prune s |", "|---|---|---|---|---|---|---|---|---|",
+            "decode speedup, wall | decode speedup, CPU time | prune s |", "|---|---|---|---|---|---|---|---|---|---|",
             f"| dense | - | - | {d['params'] / 1e6:.1f}M (1.00) | {d['bytes'] / 2**20:.0f} MiB | "
-            f"{d['ppl']['en']:.2f} | {d['ppl']['fr']:.2f} | - | - |"]
+            f"{d['ppl']['en']:.2f} | {d['ppl']['fr']:.2f} | - | - | - |"]
     for a in results["arms"]:
         opt = a["options"]
         rec = a["recovery"] + (f" (damp {opt['damp']})" if a["recovery"] == "ls" else "") + \
             (f" ({opt['adam_steps']} steps, lr {opt['adam_lr']}, {opt['adam_tokens']} tok)" if a["recovery"] == "adam"
              else "")
-        dec = "; ".join(f"b{x['batch']} {x['speedup']:.2f}x" for x in a.get("decode", [])) or "(same setting)"
+        dec = "; ".join(f"b{x['batch']} {x['speedup']:.2f}x" for x in a.get("decode", [])) or "-"
+        cpu = "; ".join(f"b{x['batch']} {x['speedup']:.2f}x" for x in results.get("decode_cpu", {}).get(a["spec"], []))
         score = a["score"] if any(k in a["spec"] for k in ("mlp", "heads")) else "block influence"
         rows.append(f"| {a['spec']} | {score} | {rec} | {a['params'] / 1e6:.1f}M ({a['params'] / d['params']:.3f}) | "
                     f"{a['bytes'] / 2**20:.0f} MiB | {a['ppl']['en']:.2f} ({a['ppl']['en'] / d['ppl']['en']:.2f}) | "
-                    f"{a['ppl']['fr']:.2f} ({a['ppl']['fr'] / d['ppl']['fr']:.2f}) | {dec} | {a['prune_s']:.0f} |")
+                    f"{a['ppl']['fr']:.2f} ({a['ppl']['fr'] / d['ppl']['fr']:.2f}) | {dec} | {cpu or '-'} | "
+                    f"{a['prune_s']:.0f} |")
     return "\n".join(rows)
 
 
@@ -223,12 +282,19 @@ def main() -> None:
     p.add_argument("--decode-rounds", type=int, default=3)
     p.add_argument("--decode-batches", type=int, nargs="*", default=[1])
     p.add_argument("--tmp", default=os.environ.get("TMPDIR", tempfile.gettempdir()))
+    p.add_argument("--decode-only", nargs="*", default=[], metavar="SPEC",
+                   help="only time decoding (CPU time, one thread) of these settings against dense")
+    p.add_argument("--decode-json", help="where --decode-only writes (default --json); the table reads it too")
     p.add_argument("--plot")
     p.add_argument("--table", action="store_true")
     args = p.parse_args()
     if args.arms:
         run(args)
+    if args.decode_only:
+        decode_only(args)
     results = json.loads(Path(args.json).read_text())
+    if args.decode_json and Path(args.decode_json).exists():
+        results["decode_cpu"] = json.loads(Path(args.decode_json).read_text())["decode_cpu"]
     if args.plot:
         plot(results, args.plot)
     if args.table:
