@@ -5,6 +5,7 @@ the streaming engine wires into its block loop; inmemory.py composes them for a 
 
 from .inmemory import Options, prune_in_memory, read_checkpoint, write_model
 from .spec import StructuredPlan, StructuredSpec, parse_spec, validate
+from .streaming import StructuredRequest
 
-__all__ = ["Options", "StructuredPlan", "StructuredSpec", "parse_spec", "prune_in_memory", "read_checkpoint",
-           "validate", "write_model"]
+__all__ = ["Options", "StructuredPlan", "StructuredRequest", "StructuredSpec", "parse_spec", "prune_in_memory",
+           "read_checkpoint", "validate", "write_model"]

@@ -41,7 +41,8 @@ from .surgery import (
     rewrite_config,
 )
 
-__all__ = ["Options", "dense_pass", "prune_in_memory", "read_checkpoint", "write_model"]
+__all__ = ["Options", "cut_channels_step", "cut_heads_step", "dense_pass", "prune_in_memory", "read_checkpoint",
+           "write_model"]
 
 
 @dataclass(frozen=True)
@@ -189,14 +190,15 @@ class _Capture:
         self.handle.remove()
 
 
-def _gram(block, name: str, calls, hidden, batches, bucket_names, capture: _Capture | None, opts: Options):
+def _gram(block, name: str, calls, hidden, batches, bucket_names, capture: _Capture | None, opts: Options,
+          device: torch.device):
     """(sum x x^T, tokens) of the input of `name` over the batches (the engine's SparseGPT statistics pass),
     or (None, 0) without a pass when neither the score nor the recovery reads activations."""
     if opts.score == "magnitude" and opts.recovery == "none":
         return None, 0
     linear = PrunableLinear(name, block.get_submodule(name), transposed=False)
     try:
-        stats = collect_hessians(block, [linear], calls, hidden, batches, bucket_names, None, torch.device("cpu"),
+        stats = collect_hessians(block, [linear], calls, hidden, batches, bucket_names, None, device,
                                  call_orders=None)
     finally:
         if capture is not None:
@@ -209,12 +211,16 @@ def _rms(gram: torch.Tensor | None, tokens: int) -> torch.Tensor | None:
     return None if gram is None else (gram.diagonal() / max(tokens, 1)).sqrt()
 
 
-def _cut_heads(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names):
+def cut_heads_step(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names,
+                   device: torch.device = torch.device("cpu")):
+    """Block `block` (attached, holding rel's tensors; rel: block-relative checkpoint keys): score its
+    key/value groups on o_proj's streamed input, cut them, recover; the block's parameters are replaced.
+    Returns (the cut rel, the report entry). The streaming engine runs this same step per block."""
     q, k, v, o = layout.attention
     attn_path = q.rpartition(".")[0]
     capture = _Capture(block.get_submodule(attn_path), [b.mask for b in batches], sequence=True) \
         if opts.recovery == "adam" else None
-    gram, tokens = _gram(block, o, calls, hidden, batches, bucket_names, capture, opts)
+    gram, tokens = _gram(block, o, calls, hidden, batches, bucket_names, capture, opts, device)
     scores = group_scores(rel[f"{o}.weight"], _rms(gram, tokens), plan.num_kv_heads, opts.score)
     keep = keep_lowest_removed(scores, plan.kv_remove)
     dense_o = rel[f"{o}.weight"]
@@ -234,12 +240,14 @@ def _cut_heads(block, rel, plan: StructuredPlan, layout, opts: Options, calls, h
     return rel, {"kept_kv_groups": keep.tolist(), "group_scores": [round(float(s), 6) for s in scores]}
 
 
-def _cut_channels(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names):
+def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names,
+                      device: torch.device = torch.device("cpu")):
+    """As cut_heads_step, for the MLP's channels (down_proj's input features)."""
     gate, up, down = layout.mlp
     mlp_path = down.rpartition(".")[0]
     capture = _Capture(block.get_submodule(mlp_path), [b.mask for b in batches], sequence=False) \
         if opts.recovery == "adam" else None
-    gram, tokens = _gram(block, down, calls, hidden, batches, bucket_names, capture, opts)
+    gram, tokens = _gram(block, down, calls, hidden, batches, bucket_names, capture, opts, device)
     scores = channel_scores(rel[f"{down}.weight"], _rms(gram, tokens), opts.score)
     keep = keep_lowest_removed(scores, plan.mlp_remove)
     dense_down = rel[f"{down}.weight"]
@@ -288,10 +296,10 @@ def prune_in_memory(model: nn.Module, ckpt: dict, config: dict, plan: Structured
             rel = _block_tensors(cut, prefix)
             entry: dict = {"index": i}
             if plan.kv_remove:
-                rel, info = _cut_heads(block, rel, plan, layout, opts, calls[i], hidden, batches, bucket_names)
+                rel, info = cut_heads_step(block, rel, plan, layout, opts, calls[i], hidden, batches, bucket_names)
                 entry.update(info)
             if plan.mlp_remove:
-                rel, info = _cut_channels(block, rel, plan, layout, opts, calls[i], hidden, batches, bucket_names)
+                rel, info = cut_channels_step(block, rel, plan, layout, opts, calls[i], hidden, batches, bucket_names)
                 entry.update(info)
             cut = {k: v for k, v in cut.items() if not k.startswith(prefix)}
             cut.update({prefix + k: v for k, v in rel.items()})
