@@ -331,7 +331,7 @@ class _Run:
             return
         self.t_execute = time.perf_counter()
         skel, config, device, progress = self.skel, self.config, self.device, self.progress
-        method, start = config.method, progress.blocks_done
+        start = progress.blocks_done
         tuning = config.request.tuning
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
