@@ -215,7 +215,8 @@ def test_smollm2_structured_through_the_cli(smollm2_dir, calib_jsonl, tmp_path):
     assert cli.main(args) == 0
     dense_cfg = json.loads((smollm2_dir / "config.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    assert model.config.intermediate_size == dense_cfg["intermediate_size"] - round(0.25 * dense_cfg["intermediate_size"])
+    inter = dense_cfg["intermediate_size"]
+    assert model.config.intermediate_size == inter - round(0.25 * inter)
     assert model.config.num_hidden_layers == dense_cfg["num_hidden_layers"] - 1
     report = json.loads((out / "featprune.json").read_text())["structured"]
     assert len(report["dropped_blocks"]) == 1 and len(report["blocks"]) == dense_cfg["num_hidden_layers"] - 1
