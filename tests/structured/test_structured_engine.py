@@ -1,5 +1,6 @@
 """`--structured` through the streaming engine: its output equals prune_in_memory's (itself checked against the
-naive pruner in test_structured_agreement.py) for Llama, Mistral, Qwen2 and Gemma 3; it loads with stock
+naive pruner in test_structured_agreement.py) for Llama, Mistral, Qwen2, Gemma 3, and experts= on Mixtral,
+Qwen2-MoE and Qwen3-MoE (with the per-language routing report); it loads with stock
 transformers and runs; it combines with --sparsity; a killed run resumes to byte-identical output; bad
 specs and options exit 2 through the CLI."""
 
@@ -81,7 +82,10 @@ def _written(out):
 CASES = [*[(f, "mlp=0.25,heads=0.5,blocks=1", "wanda", "ls") for f in ("llama", "mistral", "qwen2", "gemma3")],
          ("qwen2", "mlp=0.5", "magnitude", "none"),
          ("llama", "mlp=0.25,heads=0.5", "wanda", "adam"),
-         ("gemma3", "blocks=2", "wanda", "none")]
+         ("gemma3", "blocks=2", "wanda", "none"),
+         ("mixtral", "experts=0.4,blocks=1", "wanda", "none"),
+         ("qwen2_moe", "experts=0.4", "wanda", "none"),
+         ("qwen3_moe", "experts=0.2,heads=0.5", "wanda", "ls")]
 
 
 @pytest.mark.parametrize("family,spec,score,recovery", CASES)
@@ -112,6 +116,8 @@ def test_engine_equals_in_memory_and_loads(model_dir, tmp_path, family, spec, sc
         assert mine["index"] == theirs["index"]
         for k in ("kept_kv_groups", "removed_channels"):
             assert mine.get(k) == theirs.get(k)
+    assert section.get("experts", []) == expected.get("experts", [])  # kept experts and their saliency
+    assert section.get("routing") == expected.get("routing")  # per language: tokens and top experts
     # stock transformers loads what was written, and it runs
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     b = make_batches(_calibration(d), BATCH, 0)[0]
@@ -149,6 +155,19 @@ def test_structured_then_sparsity_on_the_kept_matrices(model_dir, tmp_path):
     assert 0.49 < report["overall_sparsity"] < 0.51
 
 
+def test_experts_then_sparsity_on_the_kept_experts(model_dir, tmp_path):
+    d = model_dir("qwen2_moe")
+    report = _engine(d, tmp_path / "out", "experts=0.4", Options(recovery="none"), sparsity=0.5)
+    dense = json.loads((d / "config.json").read_text())
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["num_experts"] == dense["num_experts"] - round(0.4 * dense["num_experts"])
+    experts = {k: t for k, t in _written(tmp_path / "out").items() if ".experts." in k}
+    assert {int(k.split(".experts.")[1].split(".")[0]) for k in experts} == set(range(config["num_experts"]))
+    for key, w in experts.items():
+        assert ((w == 0).sum(dim=1) == w.shape[1] // 2).all(), key  # pruned, and written pruned
+    assert 0.49 < report["overall_sparsity"] < 0.51
+
+
 # -- resume and CLI errors (subprocesses: a real kill) --
 def _cmd(model_dir, out, calib, *extra):
     return [sys.executable, "-m", "featprune_ext.cli", "prune", str(model_dir), "--out", str(out),
@@ -179,7 +198,7 @@ def test_kill_then_resume_is_byte_identical(model_dir, calib_jsonl, tmp_path):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
     report, ref_report = (json.loads((p / "featprune.json").read_text()) for p in (out, ref))
     assert report["resumed_from_block"] == 2
-    strip = ("influence_pass_s",)
+    strip = ("dense_pass_s",)
     assert ({k: v for k, v in report["structured"].items() if k not in strip}
             == {k: v for k, v in ref_report["structured"].items() if k not in strip})
 

@@ -83,7 +83,7 @@ def finish_run(run, model_dir: Path, out_dir: Path, t_start: float) -> dict:
             from ..structured.streaming import output_config, weight_map
 
             write_index(part, *weight_map(part, run.shard_name))
-            dropped = progress.structured["dropped_blocks"] if progress.structured else []
+            dropped = (progress.structured or {}).get("dropped_blocks", [])
             atomic_write_json(part / "config.json", output_config(model_dir, skel, config.structured, dropped))
         report = run_report(config, progress, skel, model_dir, copied, run.t_capture, t_final, t_start,
                             run.phases(t_start, t_final))

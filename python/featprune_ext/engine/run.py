@@ -341,11 +341,12 @@ class _Run:
         if config.needs_inputs and start < skel.num_blocks:
             batches, calls, hidden = self._prepare_inputs(start)
             plan = config.structured
-            if plan is not None and plan.blocks_remove and progress.structured is None:  # dense pass, then block 0
-                from ..structured.streaming import influence_pass
+            if plan is not None and (plan.blocks_remove or plan.experts_remove) and progress.structured is None:
+                from ..structured.streaming import dense_pass  # block influence, expert saliency; then block 0
 
-                progress.structured, hidden = influence_pass(skel, device, batches, calls, hidden, plan.blocks_remove)
-                self.timer.add("influence_pass_s", progress.structured["time_s"])
+                progress.structured, hidden = dense_pass(skel, plan, device, batches, config.calibration.bucket_names,
+                                                         calls, hidden)
+                self.timer.add("structured_dense_pass_s", progress.structured["time_s"])
                 self.save_progress()
             if config.layerwise is not None and progress.layerwise is None:  # OWL's dense pass, then block 0
                 progress.layerwise, hidden = owl_pass(skel, config, self.dist, config.layerwise, batches, calls,
@@ -403,7 +404,7 @@ class _Run:
 
     def _dropped(self) -> list[int]:
         """The blocks --structured blocks= removes (chosen by the dense pass before the loop)."""
-        return self.progress.structured["dropped_blocks"] if self.progress.structured else []
+        return (self.progress.structured or {}).get("dropped_blocks", [])
 
     def _skip_block(self, i: int, hidden):
         """A block --structured drops: not read, not written; its inputs go to the next block."""
@@ -487,18 +488,22 @@ class _Run:
     def _structured_entries(self, i: int, block, linears, cut, matrices: dict):
         """Block i's shard after --structured's cut (and the method's pruning of the cut matrices, if
         any), under the block's new index; the per-matrix report, with the matrices' cut shapes."""
-        from ..structured.streaming import block_entries, renumbering
+        from ..structured.streaming import block_entries, cut_block_experts, renumbering
 
         rel, removed, originals = cut
         if i in self.host_copies:  # the pruned matrices are read back from the block below
             self.host_copies.pop(i).synchronize()
-        pruned = {pl.param_name: pl.module.weight.data for pl in linears} if matrices else {}
+        if matrices:  # the method pruned the cut matrices in place: take them by checkpoint name
+            prefix = self.skel.block_prefix[i]
+            rel = {**rel, **{self.skel.block_key(i, pl.param_name)[len(prefix):]: pl.module.weight.data
+                             for pl in linears}}
+        rel = cut_block_experts(rel, self.progress.structured, i)  # experts chosen by the dense pass
         new = renumbering(self.config.structured, self.progress.structured)[i]
         removed["output_index"] = new
         if not matrices:  # no unstructured pruning: report the cut matrices' shapes, dense
             matrices = {self.skel.block_key(i, pl.param_name): {"shape": list(pl.module.weight.shape), "pruned": 0,
                                                                  "sparsity": 0.0} for pl in linears}
-        return block_entries(self.skel, i, new, rel, originals, pruned), matrices
+        return block_entries(self.skel, i, new, rel, originals), matrices
 
     def phases(self, t_start: float, t_final: float) -> dict:
         """Per-phase seconds (timing.py): main-thread phases, background busy time and main-thread waits."""

@@ -52,7 +52,7 @@ def token_loss(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, b
 
     def loss(params: dict, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(n, (min(batch_tokens, n),), generator=gen).to(inputs.device)
-        pred = functional_call(module, params, (inputs[idx],), strict=False)
+        pred = functional_call(module, params, (inputs[idx].float(),), strict=False)  # fp32, as the params
         return torch.nn.functional.mse_loss(pred.float(), targets[idx].float())
 
     return loss

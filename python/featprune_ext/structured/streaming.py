@@ -1,18 +1,22 @@
 """Structured pruning in the streaming engine (engine/run.py calls these; docs/structured.md, phase 2).
 
 The engine keeps one block in memory at a time. For `--structured`:
-1. `blocks=`: before the block loop, `influence_pass` streams the dense model once (like OWL's pass) for
-   every block's ShortGPT influence; the dropped blocks are chosen from it and kept in progress.json.
+1. `blocks=` and `experts=`: before the block loop, `dense_pass` streams the dense model once (like OWL's
+   pass) for every block's ShortGPT influence and, in MoE blocks, REAP expert saliency and per-language
+   routing counts; the dropped blocks and kept experts are chosen from it and kept in progress.json.
 2. In the loop, a dropped block is neither read nor written (its input goes to the next kept block); a
    kept block is cut by `cut_block` (the same steps as prune_in_memory: heads, then MLP channels, each on
    the stream of the already-cut blocks), optionally pruned unstructured afterwards by the run's method,
-   and `block_entries` lists its shard under the block's new index.
+   MoE blocks lose their unkept experts and router rows (the forward keeps them all, as prune_in_memory
+   does: expert choices come from the dense pass), and `block_entries` lists its shard under the block's
+   new index.
 3. At the end, `weight_map` indexes the written shards, `output_config` rewrites config.json and
    `report_section` is featprune.json's `structured` section.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import time
@@ -23,15 +27,17 @@ import torch
 
 from ..engine.capture import capture_block_calls
 from ..engine.checkpoint import RawTensor
+from ..engine.moe import UnfusedExperts
 from ..errors import InputError
+from .experts import ExpertSaliency, RoutingCounts, routing_report, watch_experts
 from .inmemory import Options, cut_channels_step, cut_heads_step
-from .layout import layout_for
-from .scores import BlockInfluence, choose_blocks
+from .layout import layout_for, moe_keys
+from .scores import BlockInfluence, choose_blocks, keep_lowest_removed
 from .spec import StructuredPlan, StructuredSpec, validate
-from .surgery import block_renumbering, rewrite_config
+from .surgery import block_renumbering, cut_experts, rewrite_config
 
-__all__ = ["StructuredRequest", "block_entries", "cut_block", "influence_pass", "output_config", "plan_for",
-           "renumbered_prefix", "renumbering", "report_section", "weight_map"]
+__all__ = ["StructuredRequest", "block_entries", "cut_block", "cut_block_experts", "dense_pass", "output_config",
+           "plan_for", "renumbered_prefix", "renumbering", "report_section", "weight_map"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +55,15 @@ def plan_for(skel, request: StructuredRequest, dist) -> StructuredPlan:
     """The request checked against the model (InputError before any work)."""
     request.options.check()
     plan = validate(request.spec, skel.config)
-    if plan.experts_remove:
-        raise InputError("--structured experts= is not wired into the streaming engine yet: use "
-                         "featprune_ext.structured.prune_in_memory for mixture-of-experts models")
+    if plan.kv_remove and request.options.recovery == "adam" and skel.dtype != torch.float32:
+        raise InputError(f"--structured heads= with --recovery adam needs an fp32 checkpoint (this one is "
+                         f"{str(skel.dtype).replace('torch.', '')}): use --recovery ls or none")
     if dist.enabled:
         raise InputError("--structured does not run under torchrun yet: run it on one process")
+    layout = layout_for(plan.model_type) if (plan.mlp_remove or plan.kv_remove) else None
+    cut = [*(layout.attention if plan.kv_remove else ()), *(layout.mlp if plan.mlp_remove else ())]
     for i, prefix in enumerate(skel.block_prefix):  # the cut steps address the block's modules by checkpoint name
-        for name, _ in skel.blocks[i].named_parameters():
+        for name in (f"{linear}.weight" for linear in cut):
             if skel.block_key(i, name) != prefix + name:
                 raise InputError(f"--structured: block {i}'s parameter {name!r} is stored as "
                                  f"{skel.block_key(i, name)!r}; structured cuts need checkpoint names that "
@@ -63,26 +71,50 @@ def plan_for(skel, request: StructuredRequest, dist) -> StructuredPlan:
     return plan
 
 
+def _unfused(block) -> UnfusedExperts | None:
+    return next((m for m in block.modules() if isinstance(m, UnfusedExperts)), None)
+
+
 @torch.no_grad()
-def influence_pass(skel, device, batches, calls, hidden, count: int) -> tuple[dict, list[torch.Tensor]]:
-    """Stream the dense model once: ({block_influence, dropped_blocks, time_s}, fresh inputs of block 0)."""
+def dense_pass(skel, plan: StructuredPlan, device, batches, bucket_names, calls, hidden) \
+        -> tuple[dict, list[torch.Tensor]]:
+    """Stream the dense model once: (the record progress.json keeps: block_influence and dropped_blocks
+    (blocks=), per MoE block its kept experts and saliency and the routing report (experts=), time_s;
+    fresh inputs of block 0)."""
     t0 = time.perf_counter()
-    influence = []
+    influence, experts, routing = [], {}, []
     for i in range(skel.num_blocks):
         tensors = skel.read_block(i)
         block = skel.attach_block(i, tensors, device, skel.dtype)
         del tensors
+        unfused = _unfused(block) if plan.experts_remove else None
+        saliency = counts = None
+        current: dict = {}
+        watch = contextlib.nullcontext()
+        if unfused is not None:
+            saliency, counts = ExpertSaliency(unfused.num_experts), RoutingCounts(unfused.num_experts, bucket_names)
+            watch = watch_experts(unfused, saliency, counts, current)
         acc, outputs = BlockInfluence(), []
-        for c, h, b in zip(calls[i], hidden, batches):
-            out = c.run(block, h)
-            acc.add(h, out, b.mask)
-            outputs.append(out)
+        with watch:
+            for c, h, b in zip(calls[i], hidden, batches):
+                current.update(mask=b.mask, bucket=b.bucket)
+                out = c.run(block, h)
+                acc.add(h, out, b.mask)
+                outputs.append(out)
         influence.append(acc.value)
+        if unfused is not None:
+            scores = saliency.scores()
+            experts[str(i)] = {"kept_experts": keep_lowest_removed(scores, plan.experts_remove).tolist(),
+                               "saliency": [round(float(v), 6) for v in scores]}
+            routing.append(counts)
         hidden = outputs  # dense outputs feed the next block
         skel.release_block(i)
         del block
-    record = {"block_influence": influence, "dropped_blocks": choose_blocks(influence, count),
-              "time_s": round(time.perf_counter() - t0, 4)}
+    record: dict = {"time_s": round(time.perf_counter() - t0, 4)}
+    if plan.blocks_remove:
+        record.update(block_influence=influence, dropped_blocks=choose_blocks(influence, plan.blocks_remove))
+    if plan.experts_remove:
+        record.update(experts=experts, routing=routing_report(routing))
     _, fresh = capture_block_calls(skel.model, skel.blocks, batches, device)  # embeddings only: cheap
     return record, fresh
 
@@ -104,6 +136,14 @@ def cut_block(skel, plan: StructuredPlan, options: Options, i: int, block, tenso
     return rel, entry
 
 
+def cut_block_experts(rel: dict, record: dict | None, i: int) -> dict:
+    """Block i's tensors without the experts the dense pass did not keep (and their router rows)."""
+    kept = (record or {}).get("experts", {}).get(str(i))
+    if kept is None:
+        return rel
+    return cut_experts(rel, moe_keys(rel), torch.tensor(kept["kept_experts"], dtype=torch.int64))
+
+
 def renumbered_prefix(prefix: str, i: int, new: int) -> str:
     """`model.layers.7.` -> `model.layers.5.`."""
     tail = f"{i}."
@@ -112,15 +152,14 @@ def renumbered_prefix(prefix: str, i: int, new: int) -> str:
     return prefix[: len(prefix) - len(tail)] + f"{new}."
 
 
-def block_entries(skel, i: int, new: int, rel: dict, originals: dict, pruned: dict) -> list:
-    """Block i's shard entries under index `new`: a tensor read from the input and left as it was is
-    copied byte for byte; a cut, refit or pruned one is written in the input's dtype. pruned:
-    block-relative key -> the pruned weight (unstructured pruning after the cut)."""
+def block_entries(skel, i: int, new: int, rel: dict, originals: dict) -> list:
+    """Block i's shard entries under index `new` (rel: its tensors by block-relative checkpoint key): a
+    tensor read from the input and left as it was is copied byte for byte; a cut, refit or pruned one is
+    written in the input's dtype."""
     prefix, out = skel.block_prefix[i], renumbered_prefix(skel.block_prefix[i], i, new)
     entries = []
     for key in sorted(rel):
-        source = prefix + key
-        t = pruned.get(key, rel[key])
+        source, t = prefix + key, rel[key]
         if t is originals.get(source):
             entries.append((out + key, RawTensor(skel.ckpt, source)))
         else:
@@ -162,9 +201,14 @@ def report_section(request: StructuredRequest, plan: StructuredPlan, record: dic
     each kept block lost (under its input index, with its output index)."""
     section = {**plan.describe(), "options": asdict(request.options), "blocks": []}
     if record is not None:
-        section["block_influence"] = [round(v, 6) for v in record["block_influence"]]
-        section["dropped_blocks"] = record["dropped_blocks"]
-        section["influence_pass_s"] = record["time_s"]
+        section["dense_pass_s"] = record["time_s"]
+        if "block_influence" in record:
+            section["block_influence"] = [round(v, 6) for v in record["block_influence"]]
+            section["dropped_blocks"] = record["dropped_blocks"]
+        if "experts" in record:
+            section["experts"] = [{"index": int(i), **e} for i, e in sorted(record["experts"].items(),
+                                                                             key=lambda kv: int(kv[0]))]
+            section["routing"] = record["routing"]
     for layer in sorted(layers, key=lambda r: r["index"]):
         if "structured" in layer:
             section["blocks"].append({"index": layer["index"], **layer["structured"]})
@@ -172,4 +216,4 @@ def report_section(request: StructuredRequest, plan: StructuredPlan, record: dic
 
 
 def renumbering(plan: StructuredPlan, record: dict | None) -> dict[int, int]:
-    return block_renumbering(plan.num_blocks, record["dropped_blocks"] if record else [])
+    return block_renumbering(plan.num_blocks, (record or {}).get("dropped_blocks", []))
