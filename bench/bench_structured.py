@@ -242,15 +242,21 @@ def plot(results: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = {"none": "o", "ls": "s", "adam": "^"}
     colors = {"mlp": "tab:blue", "heads": "tab:orange", "blocks": "tab:green", "combo": "tab:red"}
+    y_max = 60.0
     for a in results["arms"]:
         kinds = [p.split("=")[0] for p in a["spec"].split(",")]
         kind = kinds[0] if len(kinds) == 1 else "combo"
         x = 1 - a["params"] / d["params"]
         y = a["ppl"]["en"] / d["ppl"]["en"]
+        label = a["spec"].replace(",", "+")
+        if y > y_max:  # off the scale (the magnitude score): drawn at the top edge with its value
+            label, y = f"{label}: {y:.0f}x (off scale)", y_max
         face = colors[kind] if a["score"] == "wanda" or kind == "blocks" else "none"
         ax.scatter([x], [y], marker=markers[a["recovery"]], edgecolors=colors[kind], facecolors=face, s=60)
-        ax.annotate(a["spec"].replace(",", "+"), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(label, (x, y), fontsize=6, xytext=(3, -9 if a["recovery"] == "adam" else 3),
+                    textcoords="offset points")
     ax.set_yscale("log")
+    ax.set_ylim(0.9, y_max * 1.3)
     ax.set_xlabel("fraction of parameters removed")
     ax.set_ylabel("held-out English perplexity / dense")
     ax.set_title(f"{results['setup']['model']}: structured pruning, quality per removed parameter")
