@@ -10,7 +10,8 @@ Runs, in order (each `featprune prune`, a subprocess; results appended to the JS
   wanda:     --sparsity 0.5 (the unstructured baseline for peak RSS)
   plain:     --structured SPEC --recovery none (the plain wanda score, no recovery)
   default:   --structured SPEC (the default score and recovery)
-then the evaluation of the dense model and of the structured outputs.
+and any --arm NAME="ARGS" (more --structured runs), then the evaluation of the dense model and of the
+structured outputs (a rerun skips the runs already in the JSON).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main() -> None:
     p.add_argument("--heldout-chunks", type=int, default=8)
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--decode-rounds", type=int, default=3)
+    p.add_argument("--arm", action="append", default=[], metavar='NAME="ARGS"',
+                   help='another structured run, e.g. adam200="--recovery-steps 200"')
     args = p.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,6 +71,9 @@ def main() -> None:
                         "torch": torch.__version__, "cpu_count": os.cpu_count()}
     arms = {"wanda": ["--sparsity", "0.5"], "plain": ["--structured", args.spec, "--recovery", "none"],
             "default": ["--structured", args.spec]}
+    for arm in args.arm:
+        name, _, extra = arm.partition("=")
+        arms[name] = ["--structured", args.spec, *extra.split()]
     for name, extra in arms.items():
         if name in results.get("runs", {}):
             continue
@@ -83,13 +89,17 @@ def main() -> None:
             (("en", "eng"), ("fr", "fra"))}
     load = lambda d: AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     dense = load(src)
-    models = {"dense": dense, "plain": load(work / "plain"), "default": load(work / "default")}
-    evals = {}
-    for name, model in models.items():
+    evals = results.get("eval", {})
+    for name in ["dense", *(a for a in arms if a != "wanda")]:
+        if name in evals:
+            continue
+        model = dense if name == "dense" else load(work / name)
         evals[name] = {"params": params_of(model), "ppl": {k: round(perplexity(model, v), 4) for k, v in held.items()}}
+        print(name, json.dumps(evals[name]), flush=True)
     prompt = tok("English: The file could not be opened.\nFrench:", return_tensors="pt")["input_ids"]
-    evals["default"]["decode_cpu"] = decode_cpu_ratio(dense, models["default"], prompt, args.decode_tokens,
-                                                      args.decode_rounds)
+    if "decode_cpu" not in evals["default"]:
+        evals["default"]["decode_cpu"] = decode_cpu_ratio(dense, load(work / "default"), prompt, args.decode_tokens,
+                                                          args.decode_rounds)
     results["eval"] = evals
     out_path.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(evals, indent=1))
