@@ -3,7 +3,7 @@
     CalibrationSettings   what the statistics are computed on (--calib, --calib-texts, --nsamples, ...)
     MethodSettings        what is pruned and how (--method, --sparsity, --pattern, --protect-top, ...)
     LayerwiseSettings     per-block sparsity allocation (--layerwise owl, --owl-m, --owl-lambda)
-    StructuredSettings    whole channels, key/value groups and blocks removed (--structured, --recovery, ...)
+    StructuredSettings    whole channels, key/value groups, blocks, experts removed (--structured, --recovery, ...)
     EngineSettings        where and how the run executes (--device, --dtype, --batch-size, --resume, ...)
 
 Every field carries its command-line flag and help (`Option`), so `featprune prune`'s argument groups
@@ -149,14 +149,15 @@ class LayerwiseSettings:
 
 @dataclass(frozen=True)
 class StructuredSettings:
-    """Structured pruning: whole MLP channels, key/value groups and blocks removed, so the output is a smaller
+    """Structured pruning: whole MLP channels, key/value groups, blocks and experts removed, so the output is a smaller
     dense model (docs/structured.md). The defaults are the arm that measured best on held-out text
     (bench/structured_smollm2.json): the wanda score, Adam recovery with 80 steps of 256 tokens at lr 2e-3."""
 
     TITLE = "structured pruning"
     structured: Optional[str] = _option(None, "remove whole structures: a comma list of mlp=FRACTION (MLP channels "
                                               "per block), heads=FRACTION (key/value groups with their query heads), "
-                                              "blocks=COUNT (whole blocks, lowest influence first), e.g. mlp=0.25; "
+                                              "blocks=COUNT (whole blocks, lowest influence first), experts=FRACTION "
+                                              "(experts per MoE block, lowest routing saliency first), e.g. mlp=0.25; "
                                               "combines with --sparsity/--pattern on the remaining matrices",
                                         metavar="SPEC")
     structured_score: Optional[str] = _option(None, "channel/group score: wanda (||X_j|| x ||W[:, j]||, default) or "
