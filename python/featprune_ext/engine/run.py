@@ -91,9 +91,9 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
     layerwise: a methods.OWL for per-block sparsities (a dense statistics pass first: layerwise.py).
     model_code: "auto", "builtin" or "transformers" (skeleton.py); resume_interval_s: the most seconds
     between resume points (resume.py; default 60); tuning: speed levers for benchmarks (tuning.py).
-    structured: a structured.StructuredRequest (--structured SPEC): whole MLP channels, key/value groups and
-    blocks removed (structured/streaming.py); sparsity and pattern may then both be None (no pruning inside
-    the kept matrices).
+    structured: a structured.StructuredRequest (--structured SPEC): whole MLP channels, key/value groups,
+    blocks and experts removed (structured/streaming.py); sparsity and pattern may then both be None (no
+    pruning inside the kept matrices).
     """
     dist = dist or DistContext()
     t_start = time.perf_counter()
@@ -460,7 +460,7 @@ class _Run:
             if config.prunes_weights:
                 entries, matrices = prune_block_matrices(self, i, linears, stats, originals, sparsity)
             if cut is not None:
-                entries, matrices = self._structured_entries(i, block, linears, cut, matrices)
+                entries, matrices = self._structured_entries(i, linears, cut, matrices)
         del originals
         next_hidden = None
         if config.needs_inputs and i + 1 < skel.num_blocks:
@@ -485,7 +485,7 @@ class _Run:
             report["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
         return hidden, next_hidden, entries, report
 
-    def _structured_entries(self, i: int, block, linears, cut, matrices: dict):
+    def _structured_entries(self, i: int, linears, cut, matrices: dict):
         """Block i's shard after --structured's cut (and the method's pruning of the cut matrices, if
         any), under the block's new index; the per-matrix report, with the matrices' cut shapes."""
         from ..structured.streaming import block_entries, cut_block_experts, renumbering
