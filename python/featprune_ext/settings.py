@@ -151,7 +151,7 @@ class LayerwiseSettings:
 class StructuredSettings:
     """Structured pruning: whole MLP channels, key/value groups, blocks and experts removed, so the output is a smaller
     dense model (docs/structured.md). The defaults are the arm that measured best on held-out text
-    (bench/structured_smollm2.json): the wanda score, Adam recovery with 80 steps of 256 tokens at lr 2e-3."""
+    (bench/results_structured.md): the wanda score, Adam recovery with 80 steps of 1024 tokens at lr 2e-3."""
 
     TITLE = "structured pruning"
     structured: Optional[str] = _option(None, "remove whole structures: a comma list of mlp=FRACTION (MLP channels "
@@ -171,7 +171,7 @@ class StructuredSettings:
     recovery_steps: Optional[int] = _option(None, "adam: steps per cut module (default 80)", type="positive_int",
                                             metavar="N")
     recovery_lr: Optional[float] = _option(None, "adam: learning rate (default 2e-3)", type="float", metavar="LR")
-    recovery_tokens: Optional[int] = _option(None, "adam: calibration tokens per MLP minibatch (default 256)",
+    recovery_tokens: Optional[int] = _option(None, "adam: calibration tokens per MLP minibatch (default 1024)",
                                              type="positive_int", metavar="N")
 
     def given(self) -> list[str]:
@@ -187,7 +187,7 @@ class StructuredSettings:
                        damp=0.01 if self.recovery_damp is None else self.recovery_damp,
                        adam_steps=self.recovery_steps or 80,
                        adam_lr=2e-3 if self.recovery_lr is None else self.recovery_lr,
-                       adam_tokens=self.recovery_tokens or 256)
+                       adam_tokens=self.recovery_tokens or 1024)
 
 
 @dataclass(frozen=True)
