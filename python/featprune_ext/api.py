@@ -103,7 +103,10 @@ def prune_with(model_dir: PathLike, out_dir: PathLike, settings: PruneSettings, 
 
     tuning = tuning or DEFAULT_TUNING
     c, m, e = settings.calibration, settings.method, settings.engine
-    sparsity, pattern = validate_pattern(m.sparsity, m.pattern)
+    structured = settings.structured_request()
+    sparsity, pattern = None, None
+    if structured is None or m.sparsity is not None or m.pattern is not None:
+        sparsity, pattern = validate_pattern(m.sparsity, m.pattern)
     select = Selection.of(m.targets, m.ignore)
     pruner = settings.build_method()
     pruner.check_pattern(*(pattern or (0, 0)))
@@ -123,7 +126,7 @@ def prune_with(model_dir: PathLike, out_dir: PathLike, settings: PruneSettings, 
     preset = resolve_settings(c.preset, nsamples=c.nsamples, shots=c.shots, seqlen=c.seqlen, calib=c.calib,
                               calib_texts=c.calib_texts, data=c.data)
     calibration = None
-    if pruner.needs_calibration:
+    if pruner.needs_calibration or structured is not None:
         calibration = _calibration(model_dir, calib=c.calib, calib_texts=c.calib_texts, contrast=c.contrast,
                                    data=c.data, nsamples=preset.nsamples, seqlen=preset.seqlen, shots=preset.shots,
                                    seed=c.seed, model_code=e.model_code, fork=tuning.fork)
@@ -132,7 +135,7 @@ def prune_with(model_dir: PathLike, out_dir: PathLike, settings: PruneSettings, 
                            pattern=pattern, device=e.device, batch_size=e.batch_size, resume=e.resume,
                            progress=e.progress, dist=dist, dtype=e.dtype, select=select,
                            notes={"preset": preset.record}, layerwise=owl, model_code=e.model_code,
-                           resume_interval_s=e.resume_interval, tuning=tuning)
+                           resume_interval_s=e.resume_interval, tuning=tuning, structured=structured)
     finally:
         if calibration is not None:
             calibration.close()  # a child still tokenizing when prune_model failed early

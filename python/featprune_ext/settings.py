@@ -3,6 +3,7 @@
     CalibrationSettings   what the statistics are computed on (--calib, --calib-texts, --nsamples, ...)
     MethodSettings        what is pruned and how (--method, --sparsity, --pattern, --protect-top, ...)
     LayerwiseSettings     per-block sparsity allocation (--layerwise owl, --owl-m, --owl-lambda)
+    StructuredSettings    whole channels, key/value groups, blocks, experts removed (--structured, --recovery, ...)
     EngineSettings        where and how the run executes (--device, --dtype, --batch-size, --resume, ...)
 
 Every field carries its command-line flag and help (`Option`), so `featprune prune`'s argument groups
@@ -27,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .errors import InputError
 
 __all__ = ["MODEL_CODES", "CalibrationSettings", "EngineSettings", "LayerwiseSettings", "MethodSettings", "Option",
-           "PruneSettings", "flag_of"]
+           "PruneSettings", "StructuredSettings", "flag_of"]
 
 PathLike = Union[str, os.PathLike]
 MODEL_CODES = ("auto", "builtin", "transformers")
@@ -147,6 +148,49 @@ class LayerwiseSettings:
 
 
 @dataclass(frozen=True)
+class StructuredSettings:
+    """Structured pruning: whole MLP channels, key/value groups, blocks and experts removed, so the output is a smaller
+    dense model (docs/structured.md). The defaults are the arm that measured best on held-out text
+    (bench/results_structured.md): the wanda score, Adam recovery with 80 steps of 1024 tokens at lr 2e-3."""
+
+    TITLE = "structured pruning"
+    structured: Optional[str] = _option(None, "remove whole structures: a comma list of mlp=FRACTION (MLP channels "
+                                              "per block), heads=FRACTION (key/value groups with their query heads), "
+                                              "blocks=COUNT (whole blocks, lowest influence first), experts=FRACTION "
+                                              "(experts per MoE block, lowest routing saliency first), e.g. mlp=0.25; "
+                                              "combines with --sparsity/--pattern on the remaining matrices",
+                                        metavar="SPEC")
+    structured_score: Optional[str] = _option(None, "channel/group score: wanda (||X_j|| x ||W[:, j]||, default) or "
+                                                    "magnitude (||W[:, j]||)", choices=("wanda", "magnitude"))
+    recovery: Optional[str] = _option(None, "rebuild each cut block toward the dense block's outputs on the "
+                                            "calibration tokens: adam (default: Adam steps on the kept weights), ls "
+                                            "(least-squares refit of down_proj/o_proj) or none",
+                                      choices=("adam", "ls", "none"))
+    recovery_damp: Optional[float] = _option(None, "ls: ridge, a fraction of the kept Gram's mean diagonal "
+                                                   "(default 0.01)", type="float", metavar="F")
+    recovery_steps: Optional[int] = _option(None, "adam: steps per cut module (default 80)", type="positive_int",
+                                            metavar="N")
+    recovery_lr: Optional[float] = _option(None, "adam: learning rate (default 2e-3)", type="float", metavar="LR")
+    recovery_tokens: Optional[int] = _option(None, "adam: calibration tokens per MLP minibatch (default 1024)",
+                                             type="positive_int", metavar="N")
+
+    def given(self) -> list[str]:
+        return _given(self)
+
+    def options(self):
+        """The structured.Options of these settings (None: no --structured)."""
+        from .structured import Options
+
+        if self.structured is None:
+            return None
+        return Options(score=self.structured_score or "wanda", recovery=self.recovery or "adam",
+                       damp=0.01 if self.recovery_damp is None else self.recovery_damp,
+                       adam_steps=self.recovery_steps or 80,
+                       adam_lr=2e-3 if self.recovery_lr is None else self.recovery_lr,
+                       adam_tokens=self.recovery_tokens or 1024)
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     """Where and how the run executes; none of these changes which weights are pruned, except dtype (the
     precision of the forward passes, hence of the statistics)."""
@@ -175,7 +219,7 @@ class EngineSettings:
 
 
 CONCERNS = (("calibration", CalibrationSettings), ("method", MethodSettings), ("layerwise", LayerwiseSettings),
-            ("engine", EngineSettings))
+            ("structured", StructuredSettings), ("engine", EngineSettings))
 
 
 def _given(settings, exclude=()) -> list[str]:
@@ -200,6 +244,7 @@ class PruneSettings:
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     method: MethodSettings = field(default_factory=MethodSettings)
     layerwise: LayerwiseSettings = field(default_factory=LayerwiseSettings)
+    structured: StructuredSettings = field(default_factory=StructuredSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
 
     @classmethod
@@ -219,14 +264,16 @@ class PruneSettings:
         self._check_values()
         self._check_method()
         self._check_layerwise()
-        self._check_calibration(method_reads_calibration(self.method_name))
+        self._check_structured()
+        self._check_calibration(method_reads_calibration(self.method_name) or self.structured.structured is not None)
 
     # -- the checks, in the order a user meets them --
     def _check_values(self) -> None:
         from .engine.batches import parse_batch_size, parse_dtype, validate_pattern
 
         m, e = self.method, self.engine
-        validate_pattern(m.sparsity, m.pattern)
+        if self.structured.structured is None or m.sparsity is not None or m.pattern is not None:
+            validate_pattern(m.sparsity, m.pattern)  # --structured alone prunes no weights inside the kept matrices
         parse_dtype(e.dtype)  # a bad name fails before any work
         parse_batch_size(e.batch_size)
         if str(e.device).split(":")[0] not in ("cpu", "cuda"):
@@ -269,6 +316,28 @@ class PruneSettings:
         else:
             self.owl()  # its values: OWL's own checks
 
+    def _check_structured(self) -> None:
+        """--structured's spec on its own (against the model: engine.RunConfig.plan); the recovery and
+        score options only with --structured, and each recovery's own options only with that recovery."""
+        from .structured import parse_spec
+
+        st = self.structured
+        if st.structured is None:
+            for name in st.given():
+                raise InputError(f"{flag_of(name)} does not apply without --structured SPEC")
+            return
+        parse_spec(st.structured)
+        if self.layerwise.layerwise is not None:
+            raise InputError("--layerwise does not combine with --structured")
+        if self.engine.dtype is not None:
+            raise InputError("--dtype does not combine with --structured: the forward passes run in the stored dtype")
+        recovery = st.options().recovery
+        own = {"recovery_damp": "ls", "recovery_steps": "adam", "recovery_lr": "adam", "recovery_tokens": "adam"}
+        for name, needs in own.items():
+            if getattr(st, name) is not None and recovery != needs:
+                raise InputError(f"{flag_of(name)} applies to --recovery {needs}, not --recovery {recovery}")
+        st.options().check()
+
     def _check_calibration(self, needs_calibration: bool) -> None:
         """Calibration options with a method that reads no calibration data (magnitude, random); else the
         calibration source: --calib or --calib-texts, not both, and --shots/--data only with --calib."""
@@ -296,6 +365,15 @@ class PruneSettings:
         if lw.layerwise is None:
             return None
         return OWL(m=5.0 if lw.owl_m is None else lw.owl_m, lam=0.08 if lw.owl_lambda is None else lw.owl_lambda)
+
+    def structured_request(self):
+        """None, or the engine's StructuredRequest of `--structured SPEC` (checked against the model by the engine)."""
+        from .structured import StructuredRequest, parse_spec
+
+        st = self.structured
+        if st.structured is None:
+            return None
+        return StructuredRequest(parse_spec(st.structured), st.options())
 
     def build_method(self):
         """The PruneMethod, from the registry, with the options its factory takes."""

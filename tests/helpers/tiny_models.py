@@ -87,12 +87,15 @@ def build_tokenizer(out_dir: Path, vocab_size: int = VOCAB):
 
 
 def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0, max_shard_size: str | None = None,
-                     tokenizer_dir: Path | None = None, dtype: torch.dtype = torch.float32) -> Path:
-    """Write a random tiny `family` model + tokenizer to out_dir (safetensors in `dtype`, fp32 by default)."""
+                     tokenizer_dir: Path | None = None, dtype: torch.dtype = torch.float32,
+                     overrides: dict | None = None) -> Path:
+    """Write a random tiny `family` model + tokenizer to out_dir (safetensors in `dtype`, fp32 by default);
+    `overrides` replace config values (e.g. more key/value heads)."""
     import transformers
     from transformers import AutoModelForCausalLM
 
     cls_name, kwargs = FAMILIES[family]
+    kwargs = {**kwargs, **(overrides or {})}
     config = getattr(transformers, cls_name)(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                                              **kwargs)
     torch.manual_seed(seed)

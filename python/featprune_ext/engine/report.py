@@ -87,7 +87,17 @@ def run_report(config, progress, skel, model_dir: Path, copied: list[str], t_cap
         "peak_cuda_bytes": torch.cuda.max_memory_allocated(config.device) if config.device.type == "cuda" else None,
         "copied_files": copied,
         "versions": versions(),
+        **_structured(config, progress, layers),
     }
+
+
+def _structured(config, progress, layers) -> dict:
+    """featprune.json's `structured` section, present only with --structured (structured/streaming.py)."""
+    if config.structured is None:
+        return {}
+    from ..structured.streaming import report_section
+
+    return {"structured": report_section(config.request.structured, config.structured, progress.structured, layers)}
 
 
 def format_report_table(report: dict) -> str:

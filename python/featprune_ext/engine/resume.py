@@ -74,10 +74,17 @@ def finish_run(run, model_dir: Path, out_dir: Path, t_start: float) -> dict:
     else:
         t_final = time.perf_counter()
         copied = copy_side_files(model_dir, part)
-        weight_map = {k: run.shard_name[0] for k in skel.other_keys}
-        for i, keys in enumerate(skel.block_keys):
-            weight_map.update({k: run.shard_name[i + 1] for k in keys})
-        write_index(part, weight_map, sum(i.nbytes for i in skel.ckpt.tensors.values()))
+        if config.structured is None:
+            weight_map = {k: run.shard_name[0] for k in skel.other_keys}
+            for i, keys in enumerate(skel.block_keys):
+                weight_map.update({k: run.shard_name[i + 1] for k in keys})
+            write_index(part, weight_map, sum(i.nbytes for i in skel.ckpt.tensors.values()))
+        else:  # the cut shards hold fewer, smaller tensors, renumbered: index what was written
+            from ..structured.streaming import output_config, weight_map
+
+            write_index(part, *weight_map(part, run.shard_name))
+            dropped = (progress.structured or {}).get("dropped_blocks", [])
+            atomic_write_json(part / "config.json", output_config(model_dir, skel, config.structured, dropped))
         report = run_report(config, progress, skel, model_dir, copied, run.t_capture, t_final, t_start,
                             run.phases(t_start, t_final))
         atomic_write_json(part / REPORT_NAME, report)

@@ -73,7 +73,7 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
                 resume: bool = False, progress: bool = True, dist: DistContext | None = None,
                 dtype: torch.dtype | str | None = None, select: Selection | None = None,
                 notes: dict | None = None, layerwise: OWL | None = None, model_code: str = "auto",
-                resume_interval_s: float | None = None, tuning: Tuning = DEFAULT_TUNING) -> dict:
+                resume_interval_s: float | None = None, tuning: Tuning = DEFAULT_TUNING, structured=None) -> dict:
     """Prune every linear of every block of the model in `model_dir`; write it to `out_dir`.
 
     calibration: a CalibrationSet, or a forked.ForkedCall building one (resolved once the model's
@@ -91,14 +91,19 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
     layerwise: a methods.OWL for per-block sparsities (a dense statistics pass first: layerwise.py).
     model_code: "auto", "builtin" or "transformers" (skeleton.py); resume_interval_s: the most seconds
     between resume points (resume.py; default 60); tuning: speed levers for benchmarks (tuning.py).
+    structured: a structured.StructuredRequest (--structured SPEC): whole MLP channels, key/value groups,
+    blocks and experts removed (structured/streaming.py); sparsity and pattern may then both be None (no
+    pruning inside the kept matrices).
     """
     dist = dist or DistContext()
     t_start = time.perf_counter()
     reset_peak_rss()  # the progress bar's and the report's peak RSS are this run's, not the process's
-    sparsity, pattern = validate_pattern(sparsity, pattern)
+    if structured is None or sparsity is not None or pattern is not None:
+        sparsity, pattern = validate_pattern(sparsity, pattern)
     request = RunRequest(method, sparsity, pattern, parse_batch_size(batch_size), select or Selection(), layerwise,
                          dict(notes or {}), progress,
-                         DEFAULT_RESUME_INTERVAL_S if resume_interval_s is None else float(resume_interval_s), tuning)
+                         DEFAULT_RESUME_INTERVAL_S if resume_interval_s is None else float(resume_interval_s), tuning,
+                         structured)
     method.check_pattern(*(pattern or (0, 0)))
     if layerwise is not None:
         layerwise.check(method, sparsity, pattern)
@@ -217,7 +222,7 @@ class _Run:
         self.config = RunConfig.plan(skel, part, calibration, request, device, dist)
         batch_size = request.batch_size
         if batch_size == AUTO:  # resolved once; a resumed run reuses the size it recorded (Progress.load)
-            batch_size = self._auto_batch_size() if request.method.needs_calibration else 1
+            batch_size = self._auto_batch_size() if self.config.needs_inputs else 1
         self.progress = Progress(self.config.fingerprint, batch_size)
         self.call_orders = call_orders_for_run(request.tuning.stats_early_stop)
         total = skel.num_blocks + 1
@@ -266,7 +271,8 @@ class _Run:
         part, progress = self.config.part, self.progress
         if i in self.host_copies:  # the pruned matrices' device-to-host copies (transfers.to_host)
             self.host_copies.pop(i).synchronize()
-        write_safetensors(part / self.shard_name[i + 1], entries)
+        if entries is not None:  # None: a block --structured drops
+            write_safetensors(part / self.shard_name[i + 1], entries)
         die_if_asked("write", i)
         if next_hidden is _NOT_A_RESUME_POINT:  # progress.json keeps the last resume point
             progress.layers.append(layer_report)
@@ -315,6 +321,8 @@ class _Run:
     def _load_now(self, i: int):
         cuda = self.device.type == "cuda"
         die_if_asked("read", i)
+        if i in self._dropped():
+            return {}, None  # never read
         tensors = self.skel.read_block(i, pin_memory=cuda)
         return to_device(tensors, self.device, self.copy_stream) if cuda else (tensors, None)
 
@@ -323,15 +331,23 @@ class _Run:
             return
         self.t_execute = time.perf_counter()
         skel, config, device, progress = self.skel, self.config, self.device, self.progress
-        method, start = config.method, progress.blocks_done
+        start = progress.blocks_done
         tuning = config.request.tuning
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.d2h_stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # transfers.to_host
         batches, calls, hidden = [], [], []
-        if method.needs_calibration and start < skel.num_blocks:
+        if config.needs_inputs and start < skel.num_blocks:
             batches, calls, hidden = self._prepare_inputs(start)
+            plan = config.structured
+            if plan is not None and (plan.blocks_remove or plan.experts_remove) and progress.structured is None:
+                from ..structured.streaming import dense_pass  # block influence, expert saliency; then block 0
+
+                progress.structured, hidden = dense_pass(skel, plan, device, batches, config.calibration.bucket_names,
+                                                         calls, hidden)
+                self.timer.add("structured_dense_pass_s", progress.structured["time_s"])
+                self.save_progress()
             if config.layerwise is not None and progress.layerwise is None:  # OWL's dense pass, then block 0
                 progress.layerwise, hidden = owl_pass(skel, config, self.dist, config.layerwise, batches, calls,
                                                       hidden)
@@ -386,11 +402,29 @@ class _Run:
             loader.shutdown(wait=True, cancel_futures=True)
             writer.close()
 
+    def _dropped(self) -> list[int]:
+        """The blocks --structured blocks= removes (chosen by the dense pass before the loop)."""
+        return (self.progress.structured or {}).get("dropped_blocks", [])
+
+    def _skip_block(self, i: int, hidden):
+        """A block --structured drops: not read, not written; its inputs go to the next block."""
+        next_hidden = None
+        if i + 1 < self.skel.num_blocks:
+            if not resume_point_due(self, i, hidden):
+                next_hidden = _NOT_A_RESUME_POINT
+            else:
+                next_hidden = [h.to("cpu") for h in hidden] if self.device.type == "cuda" else hidden
+        report = {"index": i, "time_s": 0.0, "sparsity": 0.0, "params": 0, "matrices": {}, "skipped": [],
+                  "dropped": True, "peak_rss_bytes": peak_rss_bytes()}
+        return hidden, next_hidden, None, report
+
     def _block(self, i: int, tensors, event, batches, calls, hidden):
         """Statistics, pruning and the pruned pass of block i: (its outputs, what to save of them,
         the shard entries, the layer report)."""
         skel, config, device = self.skel, self.config, self.device
         method = config.method
+        if config.structured is not None and i in self._dropped():
+            return self._skip_block(i, hidden)
         if event is not None:
             stream = torch.cuda.current_stream(device)
             stream.wait_event(event)
@@ -403,9 +437,17 @@ class _Run:
         originals = {k: t for k, t in tensors.items() if k in keys and t.dtype != skel.dtype}
         with self.timer.phase("attach_s"):
             block = skel.attach_block(i, tensors, device, skel.dtype)
+        cut = None
+        if config.structured is not None:  # whole channels and groups first, on the stream of the cut blocks
+            from ..structured.streaming import cut_block
+
+            with self.timer.phase("structured_s", sync=True):
+                rel, removed = cut_block(skel, config.structured, config.request.structured.options, i, block,
+                                         tensors, calls[i], hidden, batches, config.calibration.bucket_names, device)
+            cut = (rel, removed, tensors)
         del tensors
         stats = {}
-        if method.needs_calibration:  # the method asks for the statistics it needs
+        if method.needs_calibration and config.prunes_weights:  # the method asks for the statistics it needs
             with self.timer.phase("stats_s", sync=True):
                 stats = method.collect_statistics(BlockStatistics(
                     i, skel.block_prefix[i], block, linears, calls[i], hidden, batches,
@@ -414,10 +456,14 @@ class _Run:
         with self.timer.phase("select_s", sync=True):
             layerwise = self.progress.layerwise
             sparsity = layerwise["target_sparsity"][i] if layerwise else config.sparsity
-            entries, matrices = prune_block_matrices(self, i, linears, stats, originals, sparsity)
+            entries, matrices = [], {}
+            if config.prunes_weights:
+                entries, matrices = prune_block_matrices(self, i, linears, stats, originals, sparsity)
+            if cut is not None:
+                entries, matrices = self._structured_entries(i, linears, cut, matrices)
         del originals
         next_hidden = None
-        if method.needs_calibration and i + 1 < skel.num_blocks:
+        if config.needs_inputs and i + 1 < skel.num_blocks:
             with self.timer.phase("pruned_pass_s", sync=True):
                 hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]  # pruned outputs feed block i+1
                 if not resume_point_due(self, i, hidden):
@@ -433,9 +479,31 @@ class _Run:
                   "matrices": matrices, "skipped": config.selection.skipped[i], "peak_rss_bytes": peak_rss_bytes()}
         if layerwise:
             report["target_sparsity"] = layerwise["target_sparsity"][i]
+        if cut is not None:
+            report["structured"] = cut[1]
         if device.type == "cuda":
             report["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
         return hidden, next_hidden, entries, report
+
+    def _structured_entries(self, i: int, linears, cut, matrices: dict):
+        """Block i's shard after --structured's cut (and the method's pruning of the cut matrices, if
+        any), under the block's new index; the per-matrix report, with the matrices' cut shapes."""
+        from ..structured.streaming import block_entries, cut_block_experts, renumbering
+
+        rel, removed, originals = cut
+        if i in self.host_copies:  # the pruned matrices are read back from the block below
+            self.host_copies.pop(i).synchronize()
+        if matrices:  # the method pruned the cut matrices in place: take them by checkpoint name
+            prefix = self.skel.block_prefix[i]
+            rel = {**rel, **{self.skel.block_key(i, pl.param_name)[len(prefix):]: pl.module.weight.data
+                             for pl in linears}}
+        rel = cut_block_experts(rel, self.progress.structured, i)  # experts chosen by the dense pass
+        new = renumbering(self.config.structured, self.progress.structured)[i]
+        removed["output_index"] = new
+        if not matrices:  # no unstructured pruning: report the cut matrices' shapes, dense
+            matrices = {self.skel.block_key(i, pl.param_name): {"shape": list(pl.module.weight.shape), "pruned": 0,
+                                                                 "sparsity": 0.0} for pl in linears}
+        return block_entries(self.skel, i, new, rel, originals), matrices
 
     def phases(self, t_start: float, t_final: float) -> dict:
         """Per-phase seconds (timing.py): main-thread phases, background busy time and main-thread waits."""

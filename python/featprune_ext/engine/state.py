@@ -46,6 +46,7 @@ class RunRequest:
     progress_bar: bool = True
     resume_interval_s: float = DEFAULT_RESUME_INTERVAL_S
     tuning: Tuning = DEFAULT_TUNING
+    structured: Any = None  # structured.StructuredRequest of --structured SPEC, or None
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,18 @@ class RunConfig:
     device: torch.device
     selection: Any  # select.ResolvedSelection: the pruned and skipped matrices per block
     fingerprint: str
+    structured: Any = None  # structured.StructuredPlan: the counts --structured removes from this model
+
+    @property
+    def prunes_weights(self) -> bool:
+        """Whether the method prunes inside the (kept) matrices: always, except --structured without
+        --sparsity or --pattern."""
+        return self.request.structured is None or self.sparsity is not None or self.pattern is not None
+
+    @property
+    def needs_inputs(self) -> bool:
+        """Whether the blocks run on calibration inputs (a calibrated method, or --structured)."""
+        return self.method.needs_calibration or self.request.structured is not None
 
     @property
     def method(self) -> PruneMethod:
@@ -93,6 +106,16 @@ class RunConfig:
              dist: DistContext) -> RunConfig:
         """Check the request against the model (InputError before any work) and fix the run."""
         method, n, m = request.method, *(request.pattern or (0, 0))
+        structured = None
+        if request.structured is not None:
+            from ..structured.streaming import plan_for
+
+            structured = plan_for(skel, request.structured, dist)
+            if calibration is None:
+                raise InputError("--structured needs calibration samples (--calib or --calib-texts)")
+            if skel.max_positions is not None and calibration.max_len > skel.max_positions:
+                raise InputError(f"calibration samples have {calibration.max_len} tokens, above the model's limit "
+                                 f"of {skel.max_positions} positions: lower --seqlen")
         if method.needs_calibration:
             if calibration is None:
                 raise InputError(f"method {method.name} needs calibration samples")
@@ -107,7 +130,7 @@ class RunConfig:
                     raise InputError(f"{skel.block_prefix[i]}{pl.param_name} has {pl.in_features} input features, "
                                      f"not a multiple of M={m}: the {n}:{m} pattern cannot apply")
         return cls(request, part, calibration, device, selection,
-                   _fingerprint(skel, calibration, request, device, dist))
+                   _fingerprint(skel, calibration, request, device, dist), structured)
 
 
 def _fingerprint(skel: ModelSkeleton, calibration, request: RunRequest, device: torch.device,
@@ -117,7 +140,7 @@ def _fingerprint(skel: ModelSkeleton, calibration, request: RunRequest, device: 
     blob = {
         "config": ckpt.config_dict,
         "tensors": [(n, list(i.shape), str(i.dtype), i.path.name) for n, i in sorted(ckpt.tensors.items())],
-        "calibration": calibration.fingerprint() if method.needs_calibration else None,
+        "calibration": calibration.fingerprint() if method.needs_calibration or request.structured else None,
         "method": method.describe(), "sparsity": request.sparsity, "pattern": request.pattern,
         "batch_size": request.batch_size, "device": device.type, "featprune": __version__,
     }
@@ -130,6 +153,9 @@ def _fingerprint(skel: ModelSkeleton, calibration, request: RunRequest, device: 
         fingerprint += f"-world{dist.world_size}"
     if request.layerwise is not None:
         fingerprint += f"-{request.layerwise.fingerprint()}"
+    if request.structured is not None:  # the spec and the score and recovery options decide the cut
+        blob = json.dumps(request.structured.describe(), sort_keys=True).encode()
+        fingerprint += f"-structured{hashlib.sha256(blob).hexdigest()[:16]}"
     return fingerprint
 
 
@@ -148,6 +174,7 @@ class Progress:
     layers: list[dict] = field(default_factory=list)
     activations: str | None = None
     layerwise: dict | None = None
+    structured: dict | None = None  # --structured's dense pass: block influence and the dropped blocks
     resumed_from: int | None = None
     finalized: bool = False
 
@@ -155,7 +182,8 @@ class Progress:
         atomic_write_json(path, {"fingerprint": self.fingerprint, "blocks_done": self.blocks_done,
                                  "shard0_done": self.shard0_done, "layers": self.layers,
                                  "activations": self.activations, "layerwise": self.layerwise,
-                                 "batch_size": self.batch_size})
+                                 "batch_size": self.batch_size,
+                                 **({"structured": self.structured} if self.structured is not None else {})})
 
     @classmethod
     def load(cls, config: RunConfig, batch_size: int) -> Progress:
@@ -177,4 +205,5 @@ class Progress:
         return cls(config.fingerprint, batch_size, blocks_done=prog["blocks_done"], shard0_done=prog["shard0_done"],
                    layers=prog["layers"], activations=prog.get("activations"),
                    layerwise=prog.get("layerwise"),  # a resumed run keeps its per-block targets
+                   structured=prog.get("structured"),  # and its dropped blocks
                    resumed_from=prog["blocks_done"])

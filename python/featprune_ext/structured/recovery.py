@@ -1,0 +1,94 @@
+"""Recovery without a training run: pull a cut block back toward what the dense block computes.
+
+(a) `refit_consumer`: least squares on the consumer matrix (down_proj on the kept channels, o_proj on the
+    kept heads) from the Gram matrix G = X^T X of its dense input over the calibration tokens:
+        W' = argmin ||X_keep W'^T - X W^T||^2 + lam ||W' - W_keep||^2
+           = (W G[:, keep] + lam W_keep) (G[keep, keep] + lam I)^-1,  lam = damp * mean diag G[keep, keep].
+    The ridge pulls toward the kept weights rather than toward zero, so a large damp means "no refit";
+    like SparseGPT's percdamp it also keeps the solve well-posed.
+(b) `adam_refit`: a few hundred Adam steps on the kept weights of a module (the MLP, or attention) to match
+    the dense module's outputs on the calibration tokens, one block in memory, deterministic given a seed
+    (the minibatches come from a seeded generator; CPU arithmetic is then the same run to run).
+    The weights are plugged in with torch.func.functional_call, so the cut tensors need no new module.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+__all__ = ["RECOVERIES", "adam_refit", "call_loss", "refit_consumer", "token_loss"]
+
+RECOVERIES = ("none", "ls", "adam")
+
+
+def refit_consumer(weight: torch.Tensor, gram: torch.Tensor, keep, damp: float = 0.01) -> torch.Tensor:
+    """The consumer [out, F] refit on its kept input features (ascending `keep`): [out, len(keep)], weight's dtype.
+    `gram`: sum over the calibration tokens of x x^T of the consumer's dense input, [F, F]."""
+    if damp <= 0:
+        raise ValueError(f"damp must be > 0, got {damp}")
+    keep = torch.as_tensor(keep, dtype=torch.int64, device=weight.device)
+    g = gram.to(device=weight.device, dtype=torch.float64)
+    g_kk = g.index_select(0, keep).index_select(1, keep)
+    lam = damp * float(g_kk.diagonal().mean())
+    if not lam > 0:
+        raise RuntimeError("the Gram matrix of the kept inputs is zero: no calibration token reached them")
+    w = weight.to(torch.float64)
+    rhs = w @ g.index_select(1, keep) + lam * w.index_select(1, keep)  # [out, K]
+    a = g_kk + lam * torch.eye(keep.numel(), dtype=torch.float64, device=weight.device)
+    factor = torch.linalg.cholesky(a)
+    refit = torch.cholesky_solve(rhs.t().contiguous(), factor).t()  # a is symmetric: (a^-1 rhs^T)^T
+    return refit.to(weight.dtype).contiguous()
+
+
+def token_loss(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_tokens: int) \
+        -> Callable[[dict, torch.Generator], torch.Tensor]:
+    """Loss of a token-wise module (an MLP): mean squared error on `batch_tokens` tokens drawn at random
+    from inputs/targets [N, hidden] (non-padding tokens only)."""
+    n = inputs.shape[0]
+
+    def loss(params: dict, gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(n, (min(batch_tokens, n),), generator=gen).to(inputs.device)
+        pred = functional_call(module, params, (inputs[idx].float(),), strict=False)  # fp32, as the params
+        return torch.nn.functional.mse_loss(pred.float(), targets[idx].float())
+
+    return loss
+
+
+def call_loss(module: nn.Module, calls: list[tuple[tuple, dict]], targets: list[torch.Tensor],
+              masks: list[torch.Tensor]) -> Callable[[dict, torch.Generator], torch.Tensor]:
+    """Loss of a sequence module (attention) called as module(*args, **kwargs) per batch: mean squared error
+    on one randomly drawn batch's non-padding tokens."""
+
+    def loss(params: dict, gen: torch.Generator) -> torch.Tensor:
+        b = int(torch.randint(len(calls), (1,), generator=gen))
+        args, kwargs = calls[b]
+        out = functional_call(module, params, args, kwargs, strict=False)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        keep = masks[b].reshape(-1).to(out.device)
+        pred = out.reshape(-1, out.shape[-1])[keep].float()
+        return torch.nn.functional.mse_loss(pred, targets[b].reshape(-1, out.shape[-1])[keep].float())
+
+    return loss
+
+
+def adam_refit(params: dict[str, torch.Tensor], loss_of: Callable[[dict, torch.Generator], torch.Tensor], *,
+               steps: int = 200, lr: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """`steps` Adam steps on copies of `params` (fp32) minimising loss_of(params, generator); returns them in
+    their original dtypes. The generator is seeded: the same inputs give the same weights."""
+    if steps < 0 or lr <= 0:
+        raise ValueError(f"steps must be >= 0 and lr > 0, got {steps}, {lr}")
+    dtypes = {k: v.dtype for k, v in params.items()}
+    trained = {k: v.detach().float().clone().requires_grad_(True) for k, v in params.items()}
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(list(trained.values()), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_of(trained, gen)
+            loss.backward()
+            opt.step()
+    return {k: v.detach().to(dtypes[k]) for k, v in trained.items()}
