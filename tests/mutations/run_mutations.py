@@ -176,6 +176,17 @@ MUTANTS = [
            [("kept=sorted(i for i in kept if vocab.tokens[i] is not None)",
              "kept=sorted((i for i in kept if vocab.tokens[i] is not None), key=lambda i: vocab.tokens[i])")],
            ["tests/trim/test_trim_models.py::test_scripts_trim_is_lossless[byte_level-tied-llama]"]),
+    Mutant("structured-ties-reversed", "structured pruning removes the higher index first among equal scores",
+           "structured/scores.py",
+           [("order = sorted(range(n), key=lambda i: (float(scores[i]), i))",
+             "order = sorted(range(n), key=lambda i: (float(scores[i]), -i))  # MUTANT")],
+           ["tests/structured/test_structured_units.py::test_ties_remove_the_lower_index_first"]),
+    Mutant("structured-wanda-without-activations", "the wanda channel/group score forgets the input RMS "
+           "(it becomes the magnitude score)",
+           "structured/scores.py",
+           [("    return norms * rms.double().to(norms.device)", "    return norms  # MUTANT")],
+           ["tests/structured/test_structured_agreement.py::test_agrees_with_naive"
+            "[llama-mlp=0.25,heads=0.5,blocks=1-wanda-ls]"]),
     # --slow: the same class of bug seen by the real 2-rank gloo run (tests/helpers/dist_probe.py)
     Mutant("absmax-summed", "absmax is all-reduced with SUM instead of MAX",
            "engine/distributed.py",
