@@ -13,8 +13,8 @@ from tiny_models import TEXTS
 from transformers import AutoTokenizer
 
 from featprune_ext.data.calibration_set import CalibrationSet
+from featprune_ext.engine import block_statistics as stats_pass
 from featprune_ext.engine import prune_model
-from featprune_ext.engine import run as engine_run
 from featprune_ext.methods import Wanda
 
 
@@ -31,13 +31,13 @@ def test_cuda_branches_follow_the_stream_protocol_and_match_cpu(tiny_model, tmp_
 
     log = install(monkeypatch)
     order = []
-    real_stats = engine_run.collect_stats
+    real_stats = stats_pass.collect_stats
 
     def stats_spy(*args, **kwargs):
         order.append(("stats", len(log.events)))
         return real_stats(*args, **kwargs)
 
-    monkeypatch.setattr(engine_run, "collect_stats", stats_spy)
+    monkeypatch.setattr(stats_pass, "collect_stats", stats_spy)
     report = prune_model(src, tmp_path / "sim", calibration=calib, method=Wanda(), sparsity=0.5, batch_size=2,
                          progress=False)
     assert log.of("run_on_sim_cuda") and len(log.of("new_stream")) == 2 and len(log.of("reset_peak")) == 1

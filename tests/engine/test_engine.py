@@ -271,12 +271,12 @@ def test_refuses_to_overwrite(tiny_model, tmp_path):
 
 def test_failed_fresh_run_leaves_no_directory(tiny_model, tmp_path, monkeypatch):
     src = tiny_model("llama")
-    from featprune_ext.engine import run as engine_run
+    from featprune_ext.engine import block_statistics as stats_pass
 
     def boom(*a, **k):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(engine_run, "collect_stats", boom)
+    monkeypatch.setattr(stats_pass, "collect_stats", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         prune_model(src, tmp_path / "o", calibration=calibration(src), method=Wanda(), sparsity=0.5, progress=False)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()

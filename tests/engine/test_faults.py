@@ -20,7 +20,7 @@ from tiny_models import build_tiny_model, edit_tensor
 from featprune_ext import cli
 from featprune_ext.data.calibration_set import CalibrationSet, read_jsonl_texts
 from featprune_ext.engine import PROGRESS_NAME, prune_model
-from featprune_ext.engine import run as engine_run
+from featprune_ext.engine import block_statistics as stats_pass
 from featprune_ext.engine.lock import RunLock, lock_path
 from featprune_ext.errors import BlockError, InputError, NonFiniteError
 from featprune_ext.methods import Wanda
@@ -194,7 +194,7 @@ def _calibration(model_dir, calib_jsonl):
 def test_fault_in_block_2_names_it_and_keeps_progress(tiny_model, calib_jsonl, reference, tmp_path, monkeypatch,
                                                       fault):
     src = tiny_model(FAMILY)
-    real = engine_run.collect_stats
+    real = stats_pass.collect_stats
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -205,7 +205,7 @@ def test_fault_in_block_2_names_it_and_keeps_progress(tiny_model, calib_jsonl, r
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine_run, "collect_stats", failing)
+    monkeypatch.setattr(stats_pass, "collect_stats", failing)
     out = tmp_path / "o"
     calib = _calibration(src, calib_jsonl)
     with pytest.raises(BlockError) as exc:
@@ -218,7 +218,7 @@ def test_fault_in_block_2_names_it_and_keeps_progress(tiny_model, calib_jsonl, r
         assert "illegal memory access" in msg
     progress = json.loads((tmp_path / "o.partial" / PROGRESS_NAME).read_text())
     assert progress["blocks_done"] == 2
-    monkeypatch.setattr(engine_run, "collect_stats", real)
+    monkeypatch.setattr(stats_pass, "collect_stats", real)
     prune_model(src, out, calibration=calib, method=Wanda(), sparsity=0.5, batch_size=3, progress=False,
                 resume=True)
     assert weights(out) == weights(reference)
@@ -228,7 +228,7 @@ def test_block_error_exits_1_with_one_line(tiny_model, calib_jsonl, tmp_path, mo
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(engine_run, "collect_stats", oom)
+    monkeypatch.setattr(stats_pass, "collect_stats", oom)
     code = cli.main(cmd(tiny_model(FAMILY), tmp_path / "o", calib_jsonl)[3:])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("featprune: error: out of memory on cpu at block 0")

@@ -16,8 +16,8 @@ from tiny_models import TEXTS
 from transformers import AutoTokenizer
 
 from featprune_ext.data.calibration_set import CalibrationSet
+from featprune_ext.engine import block_statistics as stats_pass
 from featprune_ext.engine import make_batches, prune_model
-from featprune_ext.engine import run as engine_run
 from featprune_ext.engine.distributed import DistContext
 from featprune_ext.errors import InputError
 from featprune_ext.methods import OutlierProtection, Wanda
@@ -52,7 +52,7 @@ def calibration(model_dir, nsamples):
 def seen_batches(monkeypatch):
     """[[token ids of each batch the statistics pass of block i saw] for each block]."""
     seen = []
-    real = engine_run.collect_stats
+    real = stats_pass.collect_stats
     signature = inspect.signature(real)
 
     def spy(*args, **kwargs):
@@ -60,7 +60,7 @@ def seen_batches(monkeypatch):
         seen.append([b.ids.tolist() for b in batches])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine_run, "collect_stats", spy)
+    monkeypatch.setattr(stats_pass, "collect_stats", spy)
     return seen
 
 

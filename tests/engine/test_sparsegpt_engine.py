@@ -27,8 +27,8 @@ from tiny_models import TEXTS, build_tiny_model
 from transformers import AutoTokenizer
 
 from featprune_ext.data.calibration_set import CalibrationSet
+from featprune_ext.engine import block_statistics as stats_pass
 from featprune_ext.engine import prune_model
-from featprune_ext.engine import run as run_module
 from featprune_ext.methods import SparseGPT
 from featprune_ext.methods.sparsegpt import live_hessian_tensors
 
@@ -76,7 +76,7 @@ def test_one_hessian_per_shared_input_and_freed_per_block(tiny_model, tmp_path, 
     """q/k/v share one Hessian, gate/up another; no Hessian outlives its block."""
     src = tiny_model("llama")
     seen = []
-    original = run_module.collect_hessians
+    original = stats_pass.collect_hessians
 
     def spy(*args, **kwargs):
         before = live_hessian_tensors()
@@ -85,7 +85,7 @@ def test_one_hessian_per_shared_input_and_freed_per_block(tiny_model, tmp_path, 
         seen.append((before, live_hessian_tensors(), sorted(distinct.values())))
         return groups
 
-    monkeypatch.setattr(run_module, "collect_hessians", spy)
+    monkeypatch.setattr(stats_pass, "collect_hessians", spy)
     start = live_hessian_tensors()
     prune_model(src, tmp_path / "out", calibration=calibration(src), method=SparseGPT(), sparsity=0.5, batch_size=3,
                 progress=False)

@@ -19,13 +19,13 @@ from pathlib import Path
 
 def main() -> int:
     from featprune_ext import cli
-    from featprune_ext.engine import run as engine_run
+    from featprune_ext.engine import block_statistics as stats_pass
     from featprune_ext.engine.distributed import DistContext
 
     probe = Path(os.environ["FEATPRUNE_PROBE_DIR"])
     rank = int(os.environ.get("RANK", "0"))
     seen: list = []  # per block: the token ids of every batch the statistics pass ran
-    real = engine_run.collect_stats
+    real = stats_pass.collect_stats
     signature = inspect.signature(real)
 
     def spy(*args, **kwargs):
@@ -42,7 +42,7 @@ def main() -> int:
             reductions.append({"sums": [[b, t.tolist()] for b, t in zip(before[0], sums)],
                                "maxima": [[b, t.tolist()] for b, t in zip(before[1], maxima)]})
 
-    engine_run.collect_stats = spy
+    stats_pass.collect_stats = spy
     DistContext.all_reduce_ = reduce_spy
     try:
         return cli.main(sys.argv[1:])

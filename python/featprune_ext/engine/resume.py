@@ -11,17 +11,17 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 from ..files import WEIGHT_SUFFIXES, atomic_write_json, fsync_dir
 from .background import background_pool
 from .checkpoint import INDEX_NAME, write_index
 from .report import run_report
-from .state import PROGRESS_NAME, REPORT_NAME
+from .state import PROGRESS_NAME, REPORT_NAME, Progress
 from .test_hooks import die_if_asked, resume_every
 from .tuning import DEFAULT_TUNING
 
 __all__ = ["PROGRESS_NAME", "REPORT_NAME", "BackgroundWriter", "copy_side_files", "finish_run", "partial_dir",
-           "resume_point_due"]
+           "resume_point_due", "run_in_partial"]
 
 
 def partial_dir(out_dir: Path) -> Path:
@@ -120,3 +120,36 @@ def resume_point_due(run, i: int, hidden) -> bool:
         run.t_resume_point = now
         return True
     return False
+
+
+def run_in_partial(run, model_dir: Path, out_dir: Path, t_start: float) -> dict:
+    """Run `run` (engine/run.py's _Run) in OUT.partial/: created fresh (with a first progress record) or
+    continued from its progress record; removed again when a failure leaves nothing worth resuming (or
+    only a NaN/inf that a rerun would meet again); renamed into place by finish_run at the end."""
+    dist, part = run.dist, run.config.part
+    fresh = dist.broadcast_object(not part.exists())  # every rank checked before rank 0 creates it
+    try:
+        if fresh:
+            if dist.is_writer:
+                part.mkdir(parents=True)
+                run.save_progress()
+            dist.barrier()
+        else:
+            run.progress = Progress.load(run.config, run.progress.batch_size)
+        run.execute()
+    except NonFiniteError as exc:
+        # The same input fails the same way on every rerun: keep nothing that invites --resume.
+        if dist.is_writer and part.exists():
+            shutil.rmtree(part, ignore_errors=True)
+            exc.args = (f"{exc.args[0]}; removed {part.name}/ (resuming could only fail again)",)
+        raise
+    except BaseException:
+        if dist.is_writer and fresh and not run.progress.layers:  # nothing worth resuming: leave no directory
+            shutil.rmtree(part, ignore_errors=True)
+        raise
+    if not dist.is_writer:
+        dist.barrier()  # returns once rank 0 has renamed the finished output into place
+        return {"rank": dist.rank, "world_size": dist.world_size, "out": str(out_dir)}
+    report = finish_run(run, model_dir, out_dir, t_start)
+    dist.barrier()
+    return report

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..data.calibration_set import CalibrationSet
-from ..errors import InputError, NonFiniteError
+from ..errors import InputError
 from ..files import atomic_save_torch
-from ..methods import OWL, LinearStats, PruneMethod
+from ..methods import OWL, PruneMethod
 from .background import background_pool
 from .batches import (
     AUTO,
@@ -42,20 +40,19 @@ from .batches import (
     validate_pattern,
 )
 from .block_matrices import prune_block_matrices
+from .block_statistics import BlockStatistics
 from .call_order import call_orders_for_run
 from .capture import capture_block_calls
 from .checkpoint import Checkpoint, RawTensor, write_safetensors
 from .distributed import DistContext
 from .early_shard import start_early_shard
-from .hessian import check_finite_hessians, collect_hessians
 from .layerwise import owl_pass
 from .lock import RunLock
 from .report import block_error, numel, peak_rss_bytes, reset_peak_rss
-from .resume import BackgroundWriter, finish_run, partial_dir, resume_point_due
+from .resume import BackgroundWriter, partial_dir, resume_point_due, run_in_partial
 from .select import Selection
 from .skeleton import ModelSkeleton
 from .state import DEFAULT_RESUME_INTERVAL_S, Progress, RunConfig, RunRequest
-from .stats import check_finite_stats, collect_stats
 from .test_hooks import die_after_block, die_if_asked
 from .timing import PhaseTimer
 from .transfers import to_device, with_index
@@ -136,80 +133,11 @@ def prune_model(model_dir, out_dir, *, calibration: CalibrationSet | None, metho
                 calibration = calibration.result()
             run = _Run(skel, part, calibration, request, device, dist)
             run.early_shard = early
-            return _prune_locked(run, model_dir, out_dir, t_start)
+            return run_in_partial(run, model_dir, out_dir, t_start)
         finally:
             if early is not None:
                 early.close()  # dropped unless used; joined before the input files close
             ckpt.close()
-
-
-def _prune_locked(run: _Run, model_dir: Path, out_dir: Path, t_start: float) -> dict:
-    dist, part = run.dist, run.config.part
-    fresh = dist.broadcast_object(not part.exists())  # every rank checked before rank 0 creates it
-    try:
-        if fresh:
-            if dist.is_writer:
-                part.mkdir(parents=True)
-                run.save_progress()
-            dist.barrier()
-        else:
-            run.progress = Progress.load(run.config, run.progress.batch_size)
-        run.execute()
-    except NonFiniteError as exc:
-        # The same input fails the same way on every rerun: keep nothing that invites --resume.
-        if dist.is_writer and part.exists():
-            shutil.rmtree(part, ignore_errors=True)
-            exc.args = (f"{exc.args[0]}; removed {part.name}/ (resuming could only fail again)",)
-        raise
-    except BaseException:
-        if dist.is_writer and fresh and not run.progress.layers:  # nothing worth resuming: leave no directory
-            shutil.rmtree(part, ignore_errors=True)
-        raise
-    if not dist.is_writer:
-        dist.barrier()  # returns once rank 0 has renamed the finished output into place
-        return {"rank": dist.rank, "world_size": dist.world_size, "out": str(out_dir)}
-    report = finish_run(run, model_dir, out_dir, t_start)
-    dist.barrier()
-    return report
-
-
-@dataclass
-class BlockStatistics:
-    """One block's statistics pass, offered to the method (PruneMethod.collect_statistics), which asks
-    for the statistics it needs: sums_of_squares() or hessians(). Either runs the block over every
-    calibration batch with hooks on the prunable linears, all-reduces across torchrun ranks, and
-    raises NonFiniteError naming the first linear whose inputs hold NaN or inf."""
-
-    index: int
-    prefix: str
-    block: torch.nn.Module
-    linears: list
-    calls: list
-    hidden: list
-    batches: list
-    bucket_names: list[str]
-    device: torch.device
-    dist: DistContext
-    call_orders: dict | None
-    dtype: torch.dtype
-
-    def sums_of_squares(self) -> dict[str, LinearStats]:
-        """A LinearStats per linear: per-bucket sums of x^2, token counts and max |x| (stats.py)."""
-        stats = collect_stats(self.block, self.linears, self.calls, self.hidden, self.batches, self.bucket_names,
-                              self.device, call_orders=self.call_orders)
-        self.dist.all_reduce_([t for st in stats.values() for t in (st.sumsq, st.count)],
-                              [st.absmax for st in stats.values()])
-        # NaN or inf in a linear's inputs: name the block and the linear, and the likely cause
-        check_finite_stats(self.prefix, self.index, self.linears, stats, self.dtype)
-        return stats
-
-    def hessians(self, base_buckets: list[str] | None) -> dict:
-        """A HessianStats per linear, shared by the linears reading the same input, over `base_buckets`
-        (None: all) (hessian.py)."""
-        stats = collect_hessians(self.block, self.linears, self.calls, self.hidden, self.batches, self.bucket_names,
-                                 base_buckets, self.device, self.dist, call_orders=self.call_orders)
-        check_finite_hessians(self.prefix, self.index, stats, self.dtype)
-        return stats
 
 
 class _Run:
@@ -486,24 +414,12 @@ class _Run:
         return hidden, next_hidden, entries, report
 
     def _structured_entries(self, i: int, linears, cut, matrices: dict):
-        """Block i's shard after --structured's cut (and the method's pruning of the cut matrices, if
-        any), under the block's new index; the per-matrix report, with the matrices' cut shapes."""
-        from ..structured.streaming import block_entries, cut_block_experts, renumbering
+        """Block i's shard after --structured's cut, under its new index, and the per-matrix report."""
+        from ..structured.streaming import cut_block_shard
 
-        rel, removed, originals = cut
         if i in self.host_copies:  # the pruned matrices are read back from the block below
             self.host_copies.pop(i).synchronize()
-        if matrices:  # the method pruned the cut matrices in place: take them by checkpoint name
-            prefix = self.skel.block_prefix[i]
-            rel = {**rel, **{self.skel.block_key(i, pl.param_name)[len(prefix):]: pl.module.weight.data
-                             for pl in linears}}
-        rel = cut_block_experts(rel, self.progress.structured, i)  # experts chosen by the dense pass
-        new = renumbering(self.config.structured, self.progress.structured)[i]
-        removed["output_index"] = new
-        if not matrices:  # no unstructured pruning: report the cut matrices' shapes, dense
-            matrices = {self.skel.block_key(i, pl.param_name): {"shape": list(pl.module.weight.shape), "pruned": 0,
-                                                                 "sparsity": 0.0} for pl in linears}
-        return block_entries(self.skel, i, new, rel, originals), matrices
+        return cut_block_shard(self.skel, self.config.structured, self.progress.structured, i, linears, cut, matrices)
 
     def phases(self, t_start: float, t_final: float) -> dict:
         """Per-phase seconds (timing.py): main-thread phases, background busy time and main-thread waits."""

@@ -144,6 +144,23 @@ def cut_block_experts(rel: dict, record: dict | None, i: int) -> dict:
     return cut_experts(rel, moe_keys(rel), torch.tensor(kept["kept_experts"], dtype=torch.int64))
 
 
+def cut_block_shard(skel, plan: StructuredPlan, record: dict | None, i: int, linears, cut, matrices: dict):
+    """Block i's shard entries after the cut (and the method's pruning of the cut matrices, if any), under
+    the block's new index; the per-matrix report, with the matrices' cut shapes. cut: cut_block's
+    (block-relative tensors, what was removed) and the block's original tensors; record: the dense pass's."""
+    rel, removed, originals = cut
+    if matrices:  # the method pruned the cut matrices in place: take them by checkpoint name
+        prefix = skel.block_prefix[i]
+        rel = {**rel, **{skel.block_key(i, pl.param_name)[len(prefix):]: pl.module.weight.data for pl in linears}}
+    rel = cut_block_experts(rel, record, i)  # experts chosen by the dense pass
+    new = renumbering(plan, record)[i]
+    removed["output_index"] = new
+    if not matrices:  # no unstructured pruning: report the cut matrices' shapes, dense
+        matrices = {skel.block_key(i, pl.param_name): {"shape": list(pl.module.weight.shape), "pruned": 0,
+                                                        "sparsity": 0.0} for pl in linears}
+    return block_entries(skel, i, new, rel, originals), matrices
+
+
 def renumbered_prefix(prefix: str, i: int, new: int) -> str:
     """`model.layers.7.` -> `model.layers.5.`."""
     tail = f"{i}."
