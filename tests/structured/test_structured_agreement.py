@@ -14,24 +14,6 @@ from featprune_ext.data.calibration_set import CalibrationSet
 from featprune_ext.engine import make_batches
 from featprune_ext.structured import Options, parse_spec, prune_in_memory, read_checkpoint, validate, write_model
 
-# Gemma 3's tiny model has one key/value group; these tests cut groups, so it gets two.
-OVERRIDES = {"gemma3": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8)}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer_dir):
-    from tiny_models import build_tiny_model
-
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = build_tiny_model(family, tmp_path_factory.mktemp(f"st_{family}"),
-                                             tokenizer_dir=tiny_tokenizer_dir, overrides=OVERRIDES.get(family))
-        return cache[family]
-
-    return get
-
 
 def _batches(model_dir):
     from tiny_models import TEXTS

@@ -29,23 +29,7 @@ from featprune_ext.structured import (
     validate,
 )
 
-OVERRIDES = {"gemma3": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8)}  # two groups to cut
 BATCH = 4
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer_dir):
-    from tiny_models import build_tiny_model
-
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = build_tiny_model(family, tmp_path_factory.mktemp(f"se_{family}"),
-                                             tokenizer_dir=tiny_tokenizer_dir, overrides=OVERRIDES.get(family))
-        return cache[family]
-
-    return get
 
 
 def _calibration(model_dir):
