@@ -231,13 +231,18 @@ def cut_heads_step(block, rel, plan: StructuredPlan, layout, opts: Options, call
     names = _linear_keys(rel, layout.attention)
     _set_params(block, rel, names)
     if opts.recovery == "adam":
-        attn = block.get_submodule(attn_path)
-        local = {n[len(attn_path) + 1:]: rel[n] for n in names}
-        loss = call_loss(attn, capture.calls, capture.outputs, [b.mask for b in batches])
-        trained = adam_refit(local, loss, steps=opts.adam_steps, lr=opts.adam_lr, seed=opts.seed)
-        rel.update({f"{attn_path}.{n}": t for n, t in trained.items()})
-        _set_params(block, rel, names)
+        loss = call_loss(block.get_submodule(attn_path), capture.calls, capture.outputs, [b.mask for b in batches])
+        _adam_recover(block, rel, names, attn_path, loss, opts)
     return rel, {"kept_kv_groups": keep.tolist(), "group_scores": [round(float(s), 6) for s in scores]}
+
+
+def _adam_recover(block, rel: dict, names: list[str], path: str, loss, opts: Options) -> None:
+    """Adam on the cut module's kept weights (`names`, under `path`) against `loss`; the trained weights go
+    into `rel` and the block."""
+    local = {n[len(path) + 1:]: rel[n] for n in names}
+    trained = adam_refit(local, loss, steps=opts.adam_steps, lr=opts.adam_lr, seed=opts.seed)
+    rel.update({f"{path}.{n}": t for n, t in trained.items()})
+    _set_params(block, rel, names)
 
 
 def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names,
@@ -257,12 +262,9 @@ def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, c
     names = _linear_keys(rel, layout.mlp)
     _set_params(block, rel, names)
     if opts.recovery == "adam":
-        mlp = block.get_submodule(mlp_path)
-        local = {n[len(mlp_path) + 1:]: rel[n] for n in names}
-        loss = token_loss(mlp, torch.cat(capture.inputs), torch.cat(capture.outputs), opts.adam_tokens)
-        trained = adam_refit(local, loss, steps=opts.adam_steps, lr=opts.adam_lr, seed=opts.seed)
-        rel.update({f"{mlp_path}.{n}": t for n, t in trained.items()})
-        _set_params(block, rel, names)
+        loss = token_loss(block.get_submodule(mlp_path), torch.cat(capture.inputs), torch.cat(capture.outputs),
+                          opts.adam_tokens)
+        _adam_recover(block, rel, names, mlp_path, loss, opts)
     return rel, {"removed_channels": sorted(set(range(scores.numel())) - set(keep.tolist()))}
 
 
