@@ -36,8 +36,8 @@ from .scores import BlockInfluence, choose_blocks, keep_lowest_removed
 from .spec import StructuredPlan, StructuredSpec, validate
 from .surgery import block_renumbering, cut_experts, rewrite_config
 
-__all__ = ["StructuredRequest", "block_entries", "cut_block", "cut_block_experts", "dense_pass", "output_config",
-           "plan_for", "renumbered_prefix", "renumbering", "report_section", "weight_map"]
+__all__ = ["StructuredRequest", "block_entries", "cut_block", "cut_block_experts", "cut_in_features", "dense_pass",
+           "output_config", "plan_for", "renumbered_prefix", "renumbering", "report_section", "weight_map"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,18 @@ def plan_for(skel, request: StructuredRequest, dist) -> StructuredPlan:
                                  f"{skel.block_key(i, name)!r}; structured cuts need checkpoint names that "
                                  "follow the module tree")
     return plan
+
+
+def cut_in_features(plan: StructuredPlan) -> dict[str, int]:
+    """The consumers' input widths after the cut, by block-relative weight name (down_proj: the kept
+    channels; o_proj: the kept query heads x head_dim): what an N:M pattern must divide."""
+    widths: dict[str, int] = {}
+    if plan.mlp_remove:
+        widths[f"{layout_for(plan.model_type).mlp[2]}.weight"] = plan.intermediate_size - plan.mlp_remove
+    if plan.kv_remove:
+        kept_heads = plan.num_heads - plan.kv_remove * plan.heads_per_group
+        widths[f"{layout_for(plan.model_type).attention[3]}.weight"] = kept_heads * plan.head_dim
+    return widths
 
 
 def _unfused(block) -> UnfusedExperts | None:
@@ -152,6 +164,11 @@ def cut_block_shard(skel, plan: StructuredPlan, record: dict | None, i: int, lin
     if matrices:  # the method pruned the cut matrices in place: take them by checkpoint name
         prefix = skel.block_prefix[i]
         rel = {**rel, **{skel.block_key(i, pl.param_name)[len(prefix):]: pl.module.weight.data for pl in linears}}
+    kept = (record or {}).get("experts", {}).get(str(i))
+    if kept is not None:  # the removed experts' matrices are not in the output: nor in the report
+        gone = {skel.block_prefix[i] + key for e, leaves in moe_keys(rel).experts.items()
+                if e not in set(kept["kept_experts"]) for key in leaves.values()}
+        matrices = {k: v for k, v in matrices.items() if k not in gone}
     rel = cut_block_experts(rel, record, i)  # experts chosen by the dense pass
     new = renumbering(plan, record)[i]
     removed["output_index"] = new
