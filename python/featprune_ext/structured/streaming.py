@@ -132,20 +132,23 @@ def dense_pass(skel, plan: StructuredPlan, device, batches, bucket_names, calls,
 
 
 def cut_block(skel, plan: StructuredPlan, options: Options, i: int, block, tensors: dict, calls, hidden, batches,
-              bucket_names, device) -> tuple[dict, dict]:
+              bucket_names, device, dense_stream: list | None = None) -> tuple[dict, dict, list | None]:
     """Cut attached block i (its tensors by checkpoint key) as prune_in_memory does: (its tensors by
-    block-relative key after the cut, what was removed)."""
+    block-relative key after the cut, what was removed, the dense stream after the block). dense_stream:
+    the dense model's hidden states entering block i (Options.follows_dense_stream), else None."""
     prefix = skel.block_prefix[i]
     rel = {k[len(prefix):]: t for k, t in tensors.items()}
     layout = layout_for(plan.model_type)
     entry: dict = {}
+    dense_out = None if dense_stream is None else [c.run(block, h) for c, h in zip(calls, dense_stream)]
     if plan.kv_remove:
         rel, info = cut_heads_step(block, rel, plan, layout, options, calls, hidden, batches, bucket_names, device)
         entry.update(info)
     if plan.mlp_remove:
-        rel, info = cut_channels_step(block, rel, plan, layout, options, calls, hidden, batches, bucket_names, device)
+        rel, info = cut_channels_step(block, rel, plan, layout, options, calls, hidden, batches, bucket_names, device,
+                                      dense_out=dense_out)
         entry.update(info)
-    return rel, entry
+    return rel, entry, dense_out
 
 
 def cut_block_experts(rel: dict, record: dict | None, i: int) -> dict:
