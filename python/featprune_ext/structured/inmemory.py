@@ -41,8 +41,8 @@ from .surgery import (
     rewrite_config,
 )
 
-__all__ = ["Options", "TARGETS", "cut_channels_step", "cut_heads_step", "dense_pass", "prune_in_memory",
-           "read_checkpoint", "write_model"]
+__all__ = ["Options", "TARGETS", "advance_dense_stream", "cut_channels_step", "cut_heads_step", "dense_pass",
+           "prune_in_memory", "read_checkpoint", "write_model"]
 
 
 TARGETS = ("model", "block")
@@ -260,6 +260,19 @@ def _adam_recover(block, rel: dict, names: list[str], path: str, loss, opts: Opt
     _set_params(block, rel, names)
 
 
+def advance_dense_stream(block, calls, stream: list) -> list:
+    """The block, still dense, run on the dense stream: its outputs per batch. `stream` is consumed, each
+    input freed once used, so the run holds one copy of the dense stream, not two."""
+    return [c.run(block, stream.pop(0)) for c in calls]
+
+
+def _cat_and_clear(parts: list) -> torch.Tensor:
+    """torch.cat(parts), emptying `parts` so the pieces are freed as soon as the whole exists."""
+    whole = torch.cat(parts)
+    parts.clear()
+    return whole
+
+
 def _drift(block, calls, hidden, dense_out, batches) -> torch.Tensor:
     """dense_out - block(hidden) on the non-padding tokens [N, hidden_size]: what the block's MLP would have to
     add for the cut stream to rejoin the dense one (the block as it stands: attention cut, MLP dense)."""
@@ -290,12 +303,13 @@ def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, c
     _set_params(block, rel, names)
     if opts.recovery == "adam":
         post = block.get_submodule(layout.mlp_output_norm) if layout.mlp_output_norm else None
-        targets = torch.cat(capture.outputs)
+        inputs, targets = _cat_and_clear(capture.inputs), _cat_and_clear(capture.outputs)
         if post is not None:
             targets = post(targets)
         if drift is not None:
-            targets = targets + drift.to(targets.dtype)
-        loss = token_loss(block.get_submodule(mlp_path), torch.cat(capture.inputs), targets, opts.adam_tokens, post)
+            targets.add_(drift.to(targets.dtype))
+            del drift
+        loss = token_loss(block.get_submodule(mlp_path), inputs, targets, opts.adam_tokens, post)
         _adam_recover(block, rel, names, mlp_path, loss, opts)
     return rel, {"removed_channels": sorted(set(range(scores.numel())) - set(keep.tolist()))}
 
@@ -330,7 +344,7 @@ def prune_in_memory(model: nn.Module, ckpt: dict, config: dict, plan: Structured
             prefix = f"{path}.{i}."
             rel = _block_tensors(cut, prefix)
             entry: dict = {"index": i}
-            dense_out = None if dense_stream is None else [c.run(block, h) for c, h in zip(calls[i], dense_stream)]
+            dense_out = None if dense_stream is None else advance_dense_stream(block, calls[i], dense_stream)
             if plan.kv_remove:
                 rel, info = cut_heads_step(block, rel, plan, layout, opts, calls[i], hidden, batches, bucket_names)
                 entry.update(info)

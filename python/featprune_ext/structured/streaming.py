@@ -30,7 +30,7 @@ from ..engine.checkpoint import RawTensor
 from ..engine.moe import UnfusedExperts
 from ..errors import InputError
 from .experts import ExpertSaliency, RoutingCounts, routing_report, watch_experts
-from .inmemory import Options, cut_channels_step, cut_heads_step
+from .inmemory import Options, advance_dense_stream, cut_channels_step, cut_heads_step
 from .layout import layout_for, moe_keys
 from .scores import BlockInfluence, choose_blocks, keep_lowest_removed
 from .spec import StructuredPlan, StructuredSpec, validate
@@ -135,12 +135,12 @@ def cut_block(skel, plan: StructuredPlan, options: Options, i: int, block, tenso
               bucket_names, device, dense_stream: list | None = None) -> tuple[dict, dict, list | None]:
     """Cut attached block i (its tensors by checkpoint key) as prune_in_memory does: (its tensors by
     block-relative key after the cut, what was removed, the dense stream after the block). dense_stream:
-    the dense model's hidden states entering block i (Options.follows_dense_stream), else None."""
+    the dense model's hidden states entering block i (Options.follows_dense_stream; consumed), else None."""
     prefix = skel.block_prefix[i]
     rel = {k[len(prefix):]: t for k, t in tensors.items()}
     layout = layout_for(plan.model_type)
     entry: dict = {}
-    dense_out = None if dense_stream is None else [c.run(block, h) for c, h in zip(calls, dense_stream)]
+    dense_out = None if dense_stream is None else advance_dense_stream(block, calls, dense_stream)
     if plan.kv_remove:
         rel, info = cut_heads_step(block, rel, plan, layout, options, calls, hidden, batches, bucket_names, device)
         entry.update(info)
