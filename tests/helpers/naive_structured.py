@@ -16,7 +16,8 @@ Definitions it implements (docs/structured.md):
   post_feedforward_layernorm, else identity) to post(dense MLP(x)) (target "block") or to that plus
   d - o (target "model"; d: the dense model's output of the block, a second copy of the model with the same
   blocks dropped; o: the cut model's output of the block with its MLP still dense), Adam with torch's default
-  betas/eps written out by hand, lr decaying as lr * (1 + cos(pi * (step - 1) / steps)) / 2.
+  betas/eps written out by hand, each matrix's lr = lr x its RMS at the start, decaying as
+  x (1 + cos(pi * (step - 1) / steps)) / 2.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def _adam_mlp(weights: dict, act, post, x: torch.Tensor, y: torch.Tensor, steps:
               seed: int):
     """Hand-written Adam (beta 0.9/0.999, eps 1e-8, cosine-decayed lr) on gate/up/down, matching post(MLP(x)) to y."""
     params = {k: v.detach().clone().float().requires_grad_(True) for k, v in weights.items()}
+    peak = {k: lr * math.sqrt(float((v.detach().double() ** 2).mean())) for k, v in params.items()}
     m = {k: torch.zeros_like(v) for k, v in params.items()}
     v2 = {k: torch.zeros_like(v) for k, v in params.items()}
     gen = torch.Generator().manual_seed(seed)
@@ -129,7 +131,7 @@ def _adam_mlp(weights: dict, act, post, x: torch.Tensor, y: torch.Tensor, steps:
                 v2[k] = 0.999 * v2[k] + 0.001 * gr * gr
                 mhat = m[k] / (1 - 0.9 ** step)
                 vhat = v2[k] / (1 - 0.999 ** step)
-                p -= lr * (1 + math.cos(math.pi * (step - 1) / steps)) / 2 * mhat / (vhat.sqrt() + 1e-8)
+                p -= peak[k] * (1 + math.cos(math.pi * (step - 1) / steps)) / 2 * mhat / (vhat.sqrt() + 1e-8)
     return {k: p.detach() for k, p in params.items()}
 
 

@@ -53,7 +53,7 @@ def test_agrees_with_naive(model_dir, family, spec, score, recovery):
 
     d = model_dir(family)
     recovery, _, target = recovery.partition(":")
-    opts = Options(score=score, recovery=recovery, damp=0.05, adam_steps=12, adam_lr=1e-3, adam_tokens=64,
+    opts = Options(score=score, recovery=recovery, damp=0.05, adam_steps=12, adam_lr=0.05, adam_tokens=64,
                    target=target or "model", seed=3)
     plan, batches, cut, _, report = _run_library(d, spec, opts)
     expected, choices = naive_structured(d, [(b.ids, b.mask) for b in batches], mlp=plan.mlp_remove,

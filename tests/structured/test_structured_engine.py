@@ -77,7 +77,7 @@ def test_engine_equals_in_memory_and_loads(model_dir, tmp_path, family, spec, sc
     from transformers import AutoModelForCausalLM
 
     d = model_dir(family)
-    opts = Options(score=score, recovery=recovery, damp=0.05, adam_steps=10, adam_lr=1e-3, adam_tokens=64, seed=3)
+    opts = Options(score=score, recovery=recovery, damp=0.05, adam_steps=10, adam_lr=0.05, adam_tokens=64, seed=3)
     cut, new_config, expected = _in_memory(d, spec, opts)
     out = tmp_path / "out"
     report = _engine(d, out, spec, opts)

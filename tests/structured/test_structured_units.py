@@ -193,8 +193,17 @@ def test_adam_refit_of_cut_attention_replays_its_calls(tiny_model):
     params = {k.removeprefix("self_attn."): v for k, v in cut.items()}
     loss = call_loss(attn, calls, outputs, masks)
     err = lambda p: sum(float(loss(p, torch.Generator().manual_seed(s))) for s in range(4))
-    trained = adam_refit(params, loss, steps=40, lr=3e-3, seed=0)
+    trained = adam_refit(params, loss, steps=40, lr=0.1, seed=0)
     assert err(trained) < 0.8 * err(params)
     assert trained["q_proj.weight"].shape == (16, 32) and trained["o_proj.weight"].shape == (32, 16)
-    again = adam_refit(params, loss, steps=40, lr=3e-3, seed=0)
+    again = adam_refit(params, loss, steps=40, lr=0.1, seed=0)
     assert all(torch.equal(trained[k], again[k]) for k in trained)
+
+
+def test_adam_refit_steps_each_tensor_relative_to_its_rms():
+    # loss = sum: Adam's first step is lr_eff * sign(grad) per weight, so each tensor moves by lr x its RMS
+    params = {"small": torch.full((4, 3), 0.1), "large": torch.full((2, 5), -2.0), "zero": torch.zeros(3)}
+    out = adam_refit(params, lambda p, gen: sum(t.sum() for t in p.values()), steps=1, lr=0.01, seed=0)
+    torch.testing.assert_close(out["small"], torch.full((4, 3), 0.1 - 0.001))
+    torch.testing.assert_close(out["large"], torch.full((2, 5), -2.0 - 0.02))
+    assert torch.equal(out["zero"], torch.zeros(3))  # a zero tensor stays put

@@ -56,7 +56,7 @@ class Options:
     recovery: str = "adam"  # recovery.RECOVERIES
     damp: float = 0.01  # least-squares ridge, x mean diagonal of the kept Gram
     adam_steps: int = 80
-    adam_lr: float = 2e-3  # the peak: it decays to 0 on a cosine
+    adam_lr: float = 0.01  # the peak step, x each tensor's RMS; it decays to 0 on a cosine
     adam_tokens: int = 1024  # tokens per minibatch of the MLP refit
     # what the MLP's Adam refit matches: "block", the dense MLP on the cut model's inputs; "model", the dense
     # model's residual stream after the block (the dense block on the dense stream), so each MLP also undoes

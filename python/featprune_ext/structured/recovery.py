@@ -8,8 +8,11 @@
     like SparseGPT's percdamp it also keeps the solve well-posed.
 (b) `adam_refit`: Adam steps on the kept weights of a module (the MLP, or attention) to match a target on
     the calibration tokens, one block in memory, deterministic given a seed (the minibatches come from a
-    seeded generator; CPU arithmetic is then the same run to run). The learning rate decays to zero on a
-    cosine, so the last steps average out the minibatches' noise instead of adding to it.
+    seeded generator; CPU arithmetic is then the same run to run). The learning rate is relative: each
+    tensor's step size is `lr` times its own RMS, since Adam's step is about lr per weight whatever the
+    weight's scale, and checkpoints differ by more than 10x (SmolLM2's MLP weights have RMS ~0.19, Gemma 3
+    270M's down_proj ~0.014: one absolute rate cannot suit both). It decays to zero on a cosine, so the last
+    steps average out the minibatches' noise instead of adding to it.
     The weights are plugged in with torch.func.functional_call, so the cut tensors need no new module.
     The target is the dense module's output on the same inputs, or, for the MLP (inmemory.py's
     target="model"), that plus the drift the earlier cuts left in the residual stream.
@@ -85,19 +88,20 @@ def call_loss(module: nn.Module, calls: list[tuple[tuple, dict]], targets: list[
 
 def adam_refit(params: dict[str, torch.Tensor], loss_of: Callable[[dict, torch.Generator], torch.Tensor], *,
                steps: int = 200, lr: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
-    """`steps` Adam steps on copies of `params` (fp32) minimising loss_of(params, generator), the learning
-    rate decaying from `lr` to 0 on a cosine; returns them in their original dtypes. The generator is
-    seeded: the same inputs give the same weights."""
+    """`steps` Adam steps on copies of `params` (fp32) minimising loss_of(params, generator); each tensor's
+    learning rate is `lr` x its RMS (a zero tensor stays put), decaying to 0 on a cosine. Returns them in
+    their original dtypes. The generator is seeded: the same inputs give the same weights."""
     if steps < 0 or lr <= 0:
         raise ValueError(f"steps must be >= 0 and lr > 0, got {steps}, {lr}")
     dtypes = {k: v.dtype for k, v in params.items()}
     trained = {k: v.detach().float().clone().requires_grad_(True) for k, v in params.items()}
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(list(trained.values()), lr=lr)
+    peaks = [lr * float(t.detach().pow(2).mean().sqrt()) for t in trained.values()]
+    opt = torch.optim.Adam([{"params": [t], "lr": peak} for t, peak in zip(trained.values(), peaks)])
     with torch.enable_grad():
         for step in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            for group, peak in zip(opt.param_groups, peaks):
+                group["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / steps))
             opt.zero_grad(set_to_none=True)
             loss = loss_of(trained, gen)
             loss.backward()
