@@ -45,9 +45,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "structured_language"
 CALIBS = {"mt-fr-en": "mt:fr-en", "mono-fr": "mono:fr", "mono-en": "mono:en"}
+# The token-matched control: an mt sample holds both sides of its demonstrations, so 32 mt samples have about
+# twice the tokens of 32 mono samples; mono:fr with 64 samples has about as many tokens as mt:fr-en with 32.
+CONTROLS = {"mono-fr-x2": ("mono:fr", {"nsamples": 64})}
 RECOVERIES = {"none": ["--recovery", "none"], "default": []}  # default: the CLI's own (Adam), no options
 SPEC = "mlp=0.25"
-CALIB_OPTIONS = ["--nsamples", "32", "--seqlen", "256", "--shots", "4"]
+CALIB_OPTIONS = {"nsamples": 32, "seqlen": 256, "shots": 4}
 TC_LANGS, PPL_LANGS = "fr,zh_CN", "en,fr,zh_CN"
 PROSE = {"en": "eng", "fr": "fra", "zh_CN": "zho"}
 PROSE_CHUNKS, PROSE_SEQLEN = 8, 256
@@ -105,8 +108,10 @@ def prune(args) -> None:
             continue
         out = work / "models" / arm
         report = work / "models" / f"{arm}.report.json"
+        spec, override = CONTROLS.get(slug, (CALIBS.get(slug), {}))
+        options = [x for k, v in {**CALIB_OPTIONS, **override}.items() for x in (f"--{k}", str(v))]
         cmd = featprune() + ["prune", str(gemma_dir()), "--out", str(out), "--structured", SPEC,
-                             "--calib", CALIBS[slug], "--data", str(data), *CALIB_OPTIONS,
+                             "--calib", spec, "--data", str(data), *options,
                              *RECOVERIES[args.recovery], "--no-progress", "--json", str(report)]
         if not out.exists():
             run_logged(cmd)
@@ -119,6 +124,7 @@ def prune(args) -> None:
                             "preview": cal["components"][0]["preview"]},
             "structured": {k: v for k, v in rep["structured"].items() if not isinstance(v, (list, dict))},
             "structured_options": rep["structured"].get("options"),
+            "removed_channels": [blk["structured"]["removed_channels"] for blk in rep["layers"]],
             "params": count_params(out), "dense_params": count_params(gemma_dir()),
             "wall_s": rep["timings"]["total_s"], "peak_rss_bytes": rep["peak_rss_bytes"],
             "versions": rep["versions"]})
@@ -242,13 +248,16 @@ def comparisons(arms: list[str]) -> list[tuple[str, str, str, str]]:
             out.append(("mt vs mono", f"{name} ({rec})", f"{a}.{rec}", f"{b}.{rec}"))
         for slug in CALIBS:
             out.append(("vs dense", f"{CALIBS[slug]} vs dense ({rec})", f"{slug}.{rec}", "dense"))
+        # the token-matched control, its own family (it was added to the design for the token question)
+        out.append(("token-matched", f"mt vs mono:fr x 64 samples ({rec})", f"mt-fr-en.{rec}", f"mono-fr-x2.{rec}"))
+        out.append(("token-matched", f"mono:fr x 64 vs x 32 samples ({rec})", f"mono-fr-x2.{rec}", f"mono-fr.{rec}"))
     return [c for c in out if c[2] in arms and c[3] in arms]
 
 
 def report(args) -> None:
     from featprune_ext.study import metrics
 
-    arms = ["dense"] + [f"{s}.{r}" for r in RECOVERIES for s in CALIBS]
+    arms = ["dense"] + [f"{s}.{r}" for r in RECOVERIES for s in [*CALIBS, *CONTROLS]]
     arms = [a for a in arms if load(a, "translation-choice") and load(a, "ppl") and load(a, "prose")]
     tests = []  # every test, with its family for Holm
     for family, name, a, b in comparisons(arms):
@@ -270,13 +279,30 @@ def report(args) -> None:
         members = [t for t in tests if t["family"] == fam]
         for t, adj in zip(members, metrics.holm([t["p"] for t in members])):
             t["p_holm"] = adj
-    summary = {"arms": {a: arm_summary(a) for a in arms}, "tests": tests,
+    summary = {"arms": {a: arm_summary(a) for a in arms}, "tests": tests, "channel_overlap": channel_overlap(arms),
                "settings": {"spec": SPEC, "calib_options": CALIB_OPTIONS, "tc_limit": items_of(arms),
                             "n_boot": N_BOOT}}
     write_json(OUT / "summary.json", summary)
     (OUT / "tables.md").write_text(tables(summary))
     plot(summary, OUT / "accuracy.png")
     print((OUT / "tables.md").read_text())
+
+
+def channel_overlap(arms: list[str]) -> dict:
+    """Share of the removed MLP channels two calibrations agree on (mean over blocks; each removes 512 of 2048
+    per block, so two random choices would share 25% of them)."""
+    removed = {}
+    for arm in arms:
+        rec = OUT / f"{arm}.prune.json"
+        if rec.exists():
+            removed[arm] = [set(b) for b in json.loads(rec.read_text())["removed_channels"]]
+    out = {}
+    names = list(removed)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shares = [len(x & y) / len(x) for x, y in zip(removed[a], removed[b])]
+            out[f"{a} | {b}"] = {"mean": sum(shares) / len(shares), "per_block": shares}
+    return out
 
 
 def items_of(arms: list[str]) -> dict:
@@ -305,7 +331,8 @@ def _label(arm: str) -> str:
     if arm == "dense":
         return "dense"
     slug, rec = arm.split(".")
-    return f"{CALIBS[slug]}, recovery {'none' if rec == 'none' else 'default (adam)'}"
+    calib = CALIBS[slug] if slug in CALIBS else f"{CONTROLS[slug][0]} x {CONTROLS[slug][1]['nsamples']} samples"
+    return f"{calib}, recovery {'none' if rec == 'none' else 'default (adam)'}"
 
 
 def _pct_ci(v: float, ci: list) -> str:
@@ -328,6 +355,9 @@ def tables(summary: dict) -> str:
             lines.append(f"| {_label(arm)} | {p['calibration']['tokens']} ({p['calibration']['samples']}) | "
                          f"{p['params']:,} ({p['params'] / p['dense_params']:.3f}) | {p['wall_s']:.0f} | "
                          f"{p['peak_rss_bytes'] / 1e6:.0f} |")
+    lines += ["", "## Removed channels shared by two calibrations (mean over the 18 blocks; chance 25%)", "",
+              "| arms | shared |", "|---|---|"]
+    lines += [f"| {pair} | {100 * v['mean']:.1f}% |" for pair, v in summary["channel_overlap"].items()]
     lines += ["", "## Translation-choice accuracy % [95% bootstrap CI]", "",
               "| arm | " + " | ".join(f"{lang} per-token (primary) | {lang} summed" for lang in langs) + " |",
               "|---|" + "---|---|" * len(langs)]
@@ -381,8 +411,8 @@ def plot(summary: dict, path: Path) -> None:
         for i, arm in enumerate(arms):
             c = summary["arms"][arm]["translation-choice"][lang]
             lo, hi = c["acc_alt_ci"]
-            color = "black" if arm == "dense" else ("tab:blue", "tab:orange", "tab:green")[list(CALIBS).index(
-                arm.split(".")[0])]
+            color = "black" if arm == "dense" else ("tab:blue", "tab:orange", "tab:green", "tab:red")[
+                [*CALIBS, *CONTROLS].index(arm.split(".")[0])]
             ax.errorbar(i, 100 * c["acc_alt"], yerr=[[100 * (c["acc_alt"] - lo)], [100 * (hi - c["acc_alt"])]],
                         fmt="o" if arm.endswith("none") or arm == "dense" else "s", color=color, capsize=3)
         ax.set_xticks(range(len(arms)), [_label(a).replace(", recovery ", "\n") for a in arms], rotation=45,
@@ -401,7 +431,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="step", required=True)
     pr = sub.add_parser("prune")
     pr.add_argument("--recovery", choices=list(RECOVERIES), required=True)
-    pr.add_argument("--calibs", nargs="+", choices=list(CALIBS), default=list(CALIBS))
+    pr.add_argument("--calibs", nargs="+", choices=list(CALIBS) + list(CONTROLS), default=list(CALIBS))
     ev = sub.add_parser("eval")
     ev.add_argument("--arms", nargs="+", required=True)
     ev.add_argument("--limit", type=int, default=200, help="translation-choice items per language")
