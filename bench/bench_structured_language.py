@@ -47,7 +47,9 @@ OUT = HERE / "structured_language"
 CALIBS = {"mt-fr-en": "mt:fr-en", "mono-fr": "mono:fr", "mono-en": "mono:en"}
 # The token-matched control: an mt sample holds both sides of its demonstrations, so 32 mt samples have about
 # twice the tokens of 32 mono samples; mono:fr with 64 samples has about as many tokens as mt:fr-en with 32.
-CONTROLS = {"mono-fr-x2": ("mono:fr", {"nsamples": 64})}
+# mt-fr-en-seed1 (another draw of the same kind of demonstrations) is pruned only: the noise floor of the
+# removed-channel overlap between two calibrations.
+CONTROLS = {"mono-fr-x2": ("mono:fr", {"nsamples": 64}), "mt-fr-en-seed1": ("mt:fr-en", {"seed": 1})}
 RECOVERIES = {"none": ["--recovery", "none"], "default": []}  # default: the CLI's own (Adam), no options
 SPEC = "mlp=0.25"
 CALIB_OPTIONS = {"nsamples": 32, "seqlen": 256, "shots": 4}
@@ -198,14 +200,15 @@ def load(arm: str, task: str):
 
 def cli_compare(a: str, b: str, task: str) -> None:
     """`featprune eval --compare` of two saved results: its table (stdout) and JSON, kept under compare/."""
-    dest = OUT / "compare" / f"{a}_vs_{b}.{task}"
-    if dest.with_suffix(".json").exists():
+    stem = OUT / "compare" / f"{a}_vs_{b}.{task}"
+    as_json, as_md = Path(f"{stem}.json"), Path(f"{stem}.md")
+    if as_json.exists():
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     cmd = featprune() + ["eval", "--compare", str(OUT / f"{a}.{task}.json"), str(OUT / f"{b}.{task}.json"),
-                         "--bootstrap", str(N_BOOT), "--json", str(dest.with_suffix(".json"))]
+                         "--bootstrap", str(N_BOOT), "--json", str(as_json)]
     text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    dest.with_suffix(".md").write_text(f"$ featprune {shlex.join(cmd[3:])}\n\n{text}")
+    as_md.write_text(f"$ featprune {shlex.join(cmd[3:])}\n\n{text}")
 
 
 def paired_choice(ra: dict, rb: dict, lang: str) -> dict:
@@ -279,29 +282,29 @@ def report(args) -> None:
         members = [t for t in tests if t["family"] == fam]
         for t, adj in zip(members, metrics.holm([t["p"] for t in members])):
             t["p_holm"] = adj
-    summary = {"arms": {a: arm_summary(a) for a in arms}, "tests": tests, "channel_overlap": channel_overlap(arms),
+    summary = {"arms": {a: arm_summary(a) for a in arms}, "tests": tests, "channel_overlap": channel_overlap(),
                "settings": {"spec": SPEC, "calib_options": CALIB_OPTIONS, "tc_limit": items_of(arms),
                             "n_boot": N_BOOT}}
     write_json(OUT / "summary.json", summary)
     (OUT / "tables.md").write_text(tables(summary))
     plot(summary, OUT / "accuracy.png")
+    plot_differences(summary, OUT / "differences.png")
     print((OUT / "tables.md").read_text())
 
 
-def channel_overlap(arms: list[str]) -> dict:
-    """Share of the removed MLP channels two calibrations agree on (mean over blocks; each removes 512 of 2048
+def channel_overlap() -> dict:
+    """Share of the removed MLP channels two pruned arms agree on (mean over blocks; each removes 512 of 2048
     per block, so two random choices would share 25% of them)."""
     removed = {}
-    for arm in arms:
-        rec = OUT / f"{arm}.prune.json"
-        if rec.exists():
-            removed[arm] = [set(b) for b in json.loads(rec.read_text())["removed_channels"]]
+    for rec in sorted(OUT.glob("*.prune.json")):
+        blocks = json.loads(rec.read_text())["removed_channels"]
+        removed[rec.name.removesuffix(".prune.json")] = [set(b) for b in blocks]
     out = {}
     names = list(removed)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             shares = [len(x & y) / len(x) for x, y in zip(removed[a], removed[b])]
-            out[f"{a} | {b}"] = {"mean": sum(shares) / len(shares), "per_block": shares}
+            out[f"{a} vs {b}"] = {"mean": sum(shares) / len(shares), "per_block": shares}
     return out
 
 
@@ -421,6 +424,40 @@ def plot(summary: dict, path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("accuracy % [95% CI]")
     fig.suptitle("Gemma 3 270M, --structured mlp=0.25: calibration text vs kept language")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_differences(summary: dict, path: Path) -> None:
+    """Forest plot of the mt vs mono and token-matched tests: each difference with its 95% interval, red where
+    the Holm-adjusted p < 0.05. Left: translation-choice (per-token score, points); right: nats per token."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tests = [t for t in summary["tests"] if not t["family"].endswith("vs dense")]
+    choice = [t for t in tests if t["family"].startswith("translation-choice")]
+    nll = [t for t in tests if not t["family"].startswith("translation-choice")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.32 * max(len(choice), len(nll)) + 1.5))
+    for ax, rows, unit in ((axes[0], choice, "points of accuracy"), (axes[1], nll, "nats per token")):
+        for y, t in enumerate(rows):
+            r = t["correct_alt"]["bootstrap"] if "correct_alt" in t else t
+            scale = 100 if "correct_alt" in t else 1
+            d, (lo, hi) = scale * r["delta"], (scale * r["ci"][0], scale * r["ci"][1])
+            ax.errorbar(d, y, xerr=[[d - lo], [hi - d]], fmt="o", capsize=2,
+                        color="tab:red" if t["p_holm"] < 0.05 else "tab:gray")
+        text = [f"{t['name']}, {t['lang']}" + ("" if "correct_alt" in t else
+                                                (", sentences" if t["family"].startswith("ppl") else ", prose"))
+                for t in rows]
+        ax.set_yticks(range(len(rows)), text, fontsize=7)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"A - B, {unit} [95% CI]")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_title("translation-choice (per-token score): A - B > 0 favours A", fontsize=9)
+    axes[1].set_title("perplexity: A - B < 0 favours A", fontsize=9)
+    fig.suptitle("Gemma 3 270M, --structured mlp=0.25: paired differences (red: Holm p < 0.05)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
