@@ -328,6 +328,8 @@ def arm_summary(arm: str) -> dict:
     for lang, s in tc["languages"].items():
         s = s.get("summary", s)
         out["translation-choice"][lang] = {k: s[k] for k in ("n", "acc", "acc_ci", "acc_alt", "acc_alt_ci")}
+    out["rankc"] = {lang: {"n": c["n"], "rankc": c["rankc"]}
+                    for lang, c in ((tc.get("consistency") or {}).get("languages") or {}).items()}
     for lang, s in ppl["languages"].items():
         items = s["items"]
         nll, n = sum(it["nll"] for it in items), sum(it["tokens"] for it in items)
@@ -370,13 +372,14 @@ def tables(summary: dict) -> str:
               "| arms | shared |", "|---|---|"]
     lines += [f"| {pair} | {100 * v['mean']:.1f}% |" for pair, v in summary["channel_overlap"].items()]
     lines += ["", "## Translation-choice accuracy % [95% bootstrap CI]", "",
-              "| arm | " + " | ".join(f"{lang} per-token (primary) | {lang} summed" for lang in langs) + " |",
-              "|---|" + "---|---|" * len(langs)]
+              "| arm | " + " | ".join(f"{lang} per-token (primary) | {lang} summed" for lang in langs)
+              + " | RankC fr-zh_CN |", "|---|" + "---|---|" * len(langs) + "---|"]
     for arm, s in arms.items():
         cells = []
         for lang in langs:
             c = s["translation-choice"][lang]
             cells += [_pct_ci(c["acc_alt"], c["acc_alt_ci"]), _pct_ci(c["acc"], c["acc_ci"])]
+        cells += [", ".join(f"{v['rankc']:.3f} (n={v['n']})" for v in s["rankc"].values())]
         lines.append(f"| {_label(arm)} | " + " | ".join(cells) + " |")
     lines += ["", "## Perplexity", "", "| arm | " + " | ".join(f"sentences {lang}" for lang in PPL_LANGS.split(","))
               + " | " + " | ".join(f"prose {lang}" for lang in PROSE) + " |",
