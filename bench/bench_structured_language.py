@@ -257,7 +257,8 @@ def comparisons(arms: list[str]) -> list[tuple[str, str, str, str]]:
         out.append(("token-matched", f"mono:fr x 64 vs x 32 samples ({rec})", f"mono-fr-x2.{rec}", f"mono-fr.{rec}"))
         out.append(("another draw", f"mt:fr-en seed 1 vs seed 0 ({rec})", f"mt-fr-en-seed1.{rec}", f"mt-fr-en.{rec}"))
         out.append(("another draw", f"mono:fr seed 1 vs seed 0 ({rec})", f"mono-fr-seed1.{rec}", f"mono-fr.{rec}"))
-        out.append(("another draw", f"mt vs mono:fr, both seed 1 ({rec})", f"mt-fr-en-seed1.{rec}", f"mono-fr-seed1.{rec}"))
+        out.append(("another draw", f"mt vs mono:fr, both seed 1 ({rec})", f"mt-fr-en-seed1.{rec}",
+                    f"mono-fr-seed1.{rec}"))
     return [c for c in out if c[2] in arms and c[3] in arms]
 
 
