@@ -431,9 +431,10 @@ def plot(summary: dict, path: Path) -> None:
             color = "black" if arm == "dense" else colors[[*CALIBS, *CONTROLS].index(arm.split(".")[0])]
             ax.errorbar(i, 100 * c["acc_alt"], yerr=[[100 * (c["acc_alt"] - lo)], [100 * (hi - c["acc_alt"])]],
                         fmt="o" if arm.endswith("none") or arm == "dense" else "s", color=color, capsize=3)
-        ax.set_xticks(range(len(arms)), [_label(a).replace(", recovery ", "\n") for a in arms], rotation=45,
-                      ha="right", fontsize=7)
-        ax.set_title(f"{lang}: translation-choice (per-token score), n={c['n']}")
+        ns = [summary["arms"][a]["translation-choice"][lang]["n"] for a in arms]
+        ax.set_xticks(range(len(arms)), [_label(a).replace(", recovery ", "\n") + f"\nn={n}" for a, n in zip(arms, ns)],
+                      rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{lang}: translation-choice (per-token score)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("accuracy % [95% CI]")
     fig.suptitle("Gemma 3 270M, --structured mlp=0.25: calibration text vs kept language")
