@@ -232,34 +232,38 @@ def run(args) -> None:
 
 
 def _speed_cell(results: dict, key: str, spec: str) -> str:
-    return "; ".join(f"b{x['batch']} {x['speedup']:.2f}x" for x in results.get(key, {}).get(spec, [])) or "-"
+    entries = results.get(key, {}).get(spec, [])  # prefill entries name their prompt length: b8x128
+    return "; ".join(f"b{x['batch']}{'x' + str(x['tokens']) if 'tokens' in x else ''} {x['speedup']:.2f}x"
+                     for x in entries) or "-"
 
 
 def table(results: dict) -> str:
     d = results["dense"]
     langs = results["setup"].get("tc_langs", []) if "tc" in d else []
-    tc_head = "".join(f" TC {lang} % (p vs dense) |" for lang in langs)
-    rows = [f"| setting | score | recovery | params (x dense) | bytes | ppl en (x dense) | ppl fr (x dense) |{tc_head} "
-            "decode speedup, wall | decode speedup, CPU time | prefill speedup, CPU time | prune s |",
-            "|---|---|---|---|---|---|---|" + "---|" * len(langs) + "---|---|---|---|",
-            f"| dense | - | - | {d['params'] / 1e6:.1f}M (1.00) | {d['bytes'] / 2**20:.0f} MiB | "
-            f"{d['ppl']['en']:.2f} | {d['ppl']['fr']:.2f} |" + "".join(f" {measure.tc_cell(d['tc'], lang, None)} |"
-                                                                      for lang in langs) + " - | - | - | - |"]
+    wall = any("decode" in a for a in results["arms"])  # the first SmolLM2 run's wall-time decode ratios
+    head = ["setting", "score", "recovery", "params (x dense)", "bytes", "ppl en (x dense)", "ppl fr (x dense)"]
+    head += [f"TC {lang} % ±se, p vs dense; per-token %" for lang in langs]
+    head += ["decode speedup, wall"] * wall + ["decode speedup, CPU time", "prefill speedup, CPU time", "prune s"]
+    dense = ["dense", "-", "-", f"{d['params'] / 1e6:.1f}M (1.00)", f"{d['bytes'] / 2**20:.0f} MiB",
+             f"{d['ppl']['en']:.2f}", f"{d['ppl']['fr']:.2f}"]
+    dense += [measure.tc_cell(d["tc"], lang, None) for lang in langs] + ["-"] * (3 + wall)
+    rows = [head, ["---"] * len(head), dense]
     for a in results["arms"]:
         opt = a["options"] or {}
         rec = a["recovery"] + (f" (damp {opt['damp']})" if a["recovery"] == "ls" else "") + \
             (f" ({opt['adam_steps']} steps, lr {opt['adam_lr']}, {opt['adam_tokens']} tok)" if a["recovery"] == "adam"
              else "")
-        dec = "; ".join(f"b{x['batch']} {x['speedup']:.2f}x" for x in a.get("decode", [])) or "-"
         score = a["score"] if any(k in a["spec"] for k in ("mlp", "heads", "sparsity")) else "block influence"
         spec = a["spec"] + (" (unstructured)" if a["spec"].startswith("sparsity") else "")
-        tc = "".join(f" {measure.tc_cell(a['tc'], lang, d['tc'])} |" for lang in langs)
-        rows.append(f"| {spec} | {score} | {rec} | {a['params'] / 1e6:.1f}M ({a['params'] / d['params']:.3f}) | "
-                    f"{a['bytes'] / 2**20:.0f} MiB | {a['ppl']['en']:.2f} ({a['ppl']['en'] / d['ppl']['en']:.2f}) | "
-                    f"{a['ppl']['fr']:.2f} ({a['ppl']['fr'] / d['ppl']['fr']:.2f}) |{tc} {dec} | "
-                    f"{_speed_cell(results, 'decode_cpu', a['spec'])} | "
-                    f"{_speed_cell(results, 'prefill_cpu', a['spec'])} | {a['prune_s']:.0f} |")
-    return "\n".join(rows)
+        row = [spec, score, rec, f"{a['params'] / 1e6:.1f}M ({a['params'] / d['params']:.3f})",
+               f"{a['bytes'] / 2**20:.0f} MiB", f"{a['ppl']['en']:.2f} ({a['ppl']['en'] / d['ppl']['en']:.2f})",
+               f"{a['ppl']['fr']:.2f} ({a['ppl']['fr'] / d['ppl']['fr']:.2f})"]
+        row += [measure.tc_cell(a["tc"], lang, d["tc"]) for lang in langs]
+        row += ["; ".join(f"b{x['batch']} {x['speedup']:.2f}x" for x in a.get("decode", [])) or "-"] * wall
+        row += [_speed_cell(results, "decode_cpu", a["spec"]), _speed_cell(results, "prefill_cpu", a["spec"]),
+                f"{a['prune_s']:.0f}"]
+        rows.append(row)
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
 def speed_table(results: dict) -> str:

@@ -95,15 +95,16 @@ def translation_choice(model_dir: Path, langs: list[str], limit: int) -> dict:
 
 
 def tc_cell(tc: dict, lang: str, dense_tc: dict | None) -> str:
-    """'61.7 ±6.3 (p=0.02)': accuracy %, standard error, exact McNemar p against dense on the same items."""
+    """'61.7 ±6.3, p=0.02; 90.0': accuracy %, its standard error, the exact McNemar p against dense on the same
+    items, and the per-token accuracy % (the study's other length convention)."""
     from featprune_ext.study.metrics import mcnemar_exact
 
     r = tc[lang]
     cell = f"{100 * r['acc']:.1f} ±{100 * r['acc_stderr']:.1f}"
     if dense_tc is not None and dense_tc[lang]["ids"] == r["ids"] and dense_tc is not tc:
         p = mcnemar_exact([c == "1" for c in dense_tc[lang]["correct"]], [c == "1" for c in r["correct"]])["p_value"]
-        cell += f" (p={p:.2g})"
-    return cell
+        cell += f", p={p:.2g}"
+    return cell + f"; {100 * r['acc_alt']:.1f}"
 
 
 def tc_mean(tc: dict, langs: list[str]) -> float:
