@@ -157,6 +157,7 @@ def plot(results: dict, path: str) -> None:
         ax2 = axes[0][1]
         ax2.axhline(100 * tc_mean(d["tc"], langs), color="black", linewidth=0.8, label="dense")
         ax2.axhline(25, color="gray", linestyle=":", linewidth=0.8, label="chance")
+        ax2.legend(fontsize=7, loc="lower left")
         ax2.set_ylabel(f"translation-choice accuracy %, mean of {', '.join(langs)}")
         ax2.set_title(f"{results['setup']['model']}: translation-choice ({d['tc'][langs[0]]['n']} items per language)")
     handles = [Line2D([], [], color=c, marker="o", linestyle="", label=k) for k, c in colors.items()]
@@ -165,6 +166,7 @@ def plot(results: dict, path: str) -> None:
     for row in axes:
         for axis in row:
             axis.set_xlabel("fraction of parameters removed")
+            axis.set_xlim(left=-0.01)  # unstructured rows sit at 0
             axis.grid(True, which="both", alpha=0.3)
     ax.legend(handles=handles, fontsize=7, loc="upper left")
     fig.tight_layout()
