@@ -160,7 +160,8 @@ def plot(results: dict, path: str) -> None:
         ax2.legend(fontsize=7, loc="lower left")
         ax2.set_ylabel(f"translation-choice accuracy %, mean of {', '.join(langs)}")
         ax2.set_title(f"{results['setup']['model']}: translation-choice ({d['tc'][langs[0]]['n']} items per language)")
-    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=k) for k, c in colors.items()]
+    handles = [Line2D([], [], color=c, marker="*" if k == "sparsity" else "o", linestyle="",
+                      label="unstructured (no size gain)" if k == "sparsity" else k) for k, c in colors.items()]
     handles += [Line2D([], [], color="gray", marker=m, linestyle="", label=f"recovery {k}") for k, m in markers.items()]
     handles += [Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="", label="magnitude score")]
     for row in axes:
