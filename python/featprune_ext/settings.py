@@ -150,8 +150,9 @@ class LayerwiseSettings:
 @dataclass(frozen=True)
 class StructuredSettings:
     """Structured pruning: whole MLP channels, key/value groups, blocks and experts removed, so the output is a smaller
-    dense model (docs/structured.md). The defaults are the arm that measured best on held-out text
-    (bench/results_structured.md): the wanda score, Adam recovery with 80 steps of 1024 tokens at lr 2e-3."""
+    dense model (docs/structured.md). The defaults are structured.Options()'s, the arm that measured best on held-out
+    text (bench/results_structured.md): the wanda score; Adam recovery, 80 steps of 1024 tokens, lr 2e-3 decaying on
+    a cosine, toward the dense model's residual stream."""
 
     TITLE = "structured pruning"
     structured: Optional[str] = _option(None, "remove whole structures: a comma list of mlp=FRACTION (MLP channels "
@@ -170,9 +171,14 @@ class StructuredSettings:
                                                    "(default 0.01)", type="float", metavar="F")
     recovery_steps: Optional[int] = _option(None, "adam: steps per cut module (default 80)", type="positive_int",
                                             metavar="N")
-    recovery_lr: Optional[float] = _option(None, "adam: learning rate (default 2e-3)", type="float", metavar="LR")
+    recovery_lr: Optional[float] = _option(None, "adam: peak learning rate, decaying to 0 on a cosine (default 2e-3)",
+                                           type="float", metavar="LR")
     recovery_tokens: Optional[int] = _option(None, "adam: calibration tokens per MLP minibatch (default 1024)",
                                              type="positive_int", metavar="N")
+    recovery_target: Optional[str] = _option(None, "adam: what each cut MLP is fit to: model (default: the dense "
+                                                   "model's hidden states after the block, which also undoes the "
+                                                   "drift of the blocks cut before) or block (the dense MLP's "
+                                                   "outputs on the same inputs)", choices=("model", "block"))
 
     def given(self) -> list[str]:
         return _given(self)
@@ -183,11 +189,10 @@ class StructuredSettings:
 
         if self.structured is None:
             return None
-        return Options(score=self.structured_score or "wanda", recovery=self.recovery or "adam",
-                       damp=0.01 if self.recovery_damp is None else self.recovery_damp,
-                       adam_steps=self.recovery_steps or 80,
-                       adam_lr=2e-3 if self.recovery_lr is None else self.recovery_lr,
-                       adam_tokens=self.recovery_tokens or 1024)
+        given = {"score": self.structured_score, "recovery": self.recovery, "damp": self.recovery_damp,
+                 "adam_steps": self.recovery_steps, "adam_lr": self.recovery_lr, "adam_tokens": self.recovery_tokens,
+                 "target": self.recovery_target}
+        return Options(**{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -332,7 +337,8 @@ class PruneSettings:
         if self.engine.dtype is not None:
             raise InputError("--dtype does not combine with --structured: the forward passes run in the stored dtype")
         recovery = st.options().recovery
-        own = {"recovery_damp": "ls", "recovery_steps": "adam", "recovery_lr": "adam", "recovery_tokens": "adam"}
+        own = {"recovery_damp": "ls", "recovery_steps": "adam", "recovery_lr": "adam", "recovery_tokens": "adam",
+               "recovery_target": "adam"}
         for name, needs in own.items():
             if getattr(st, name) is not None and recovery != needs:
                 raise InputError(f"{flag_of(name)} applies to --recovery {needs}, not --recovery {recovery}")

@@ -12,8 +12,11 @@ Definitions it implements (docs/structured.md):
 - blocks: lowest mean (1 - cos(block input, block output)) over non-padding tokens on the dense model;
 - experts: lowest mean over routed non-padding tokens of routing weight x ||expert output|| on the dense model;
 - LS refit: W' = (W G[:, k] + lam W[:, k]) (G[k, k] + lam I)^-1, lam = damp * mean diag G[k, k];
-- Adam: per step `torch.randint(N, (min(B, N),), generator=gen)` tokens, MSE to the dense MLP's outputs,
-  Adam with torch's default betas/eps written out by hand.
+- Adam: per step `torch.randint(N, (min(B, N),), generator=gen)` tokens, MSE of post(MLP(x)) (post: Gemma 3's
+  post_feedforward_layernorm, else identity) to post(dense MLP(x)) (target "block") or to that plus
+  d - o (target "model"; d: the dense model's output of the block, a second copy of the model with the same
+  blocks dropped; o: the cut model's output of the block with its MLP still dense), Adam with torch's default
+  betas/eps written out by hand, lr decaying as lr * (1 + cos(pi * (step - 1) / steps)) / 2.
 """
 
 from __future__ import annotations
@@ -79,12 +82,14 @@ def _io_of(model, module, batches):
     """The module's (inputs, outputs) on every counted token, concatenated in batch order."""
     xs, ys, mask_now = [], [], {}
 
-    def hook(mod, args, out):
+    def hook(mod, args, kwargs, out):
         keep = mask_now["m"].reshape(-1)
-        xs.append(args[0].reshape(-1, args[0].shape[-1])[keep].detach().clone())
+        x = args[0] if args else kwargs["hidden_states"]
+        out = out[0] if isinstance(out, tuple) else out
+        xs.append(x.reshape(-1, x.shape[-1])[keep].detach().clone())
         ys.append(out.reshape(-1, out.shape[-1])[keep].detach().clone())
 
-    h = module.register_forward_hook(hook)
+    h = module.register_forward_hook(hook, with_kwargs=True)
     try:
         for ids, mask in batches:
             mask_now["m"] = mask
@@ -105,8 +110,9 @@ def _ls_refit(w: torch.Tensor, g: torch.Tensor, keep: list[int], damp: float) ->
     return torch.linalg.solve(gkk + lam * torch.eye(len(keep), dtype=torch.float64), rhs.t()).t().float()
 
 
-def _adam_mlp(weights: dict, act, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, tokens: int, seed: int):
-    """Hand-written Adam (beta 0.9/0.999, eps 1e-8) on gate/up/down, matching the dense MLP outputs y."""
+def _adam_mlp(weights: dict, act, post, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, tokens: int,
+              seed: int):
+    """Hand-written Adam (beta 0.9/0.999, eps 1e-8, cosine-decayed lr) on gate/up/down, matching post(MLP(x)) to y."""
     params = {k: v.detach().clone().float().requires_grad_(True) for k, v in weights.items()}
     m = {k: torch.zeros_like(v) for k, v in params.items()}
     v2 = {k: torch.zeros_like(v) for k, v in params.items()}
@@ -115,7 +121,7 @@ def _adam_mlp(weights: dict, act, x: torch.Tensor, y: torch.Tensor, steps: int, 
         idx = torch.randint(x.shape[0], (min(tokens, x.shape[0]),), generator=gen)
         with torch.enable_grad():
             h = act(x[idx] @ params["gate"].t()) * (x[idx] @ params["up"].t())
-            loss = ((h @ params["down"].t() - y[idx]) ** 2).mean()
+            loss = ((post(h @ params["down"].t()) - y[idx]) ** 2).mean()
             grads = torch.autograd.grad(loss, list(params.values()))
         with torch.no_grad():
             for (k, p), gr in zip(params.items(), grads):
@@ -123,7 +129,7 @@ def _adam_mlp(weights: dict, act, x: torch.Tensor, y: torch.Tensor, steps: int, 
                 v2[k] = 0.999 * v2[k] + 0.001 * gr * gr
                 mhat = m[k] / (1 - 0.9 ** step)
                 vhat = v2[k] / (1 - 0.999 ** step)
-                p -= lr * mhat / (vhat.sqrt() + 1e-8)
+                p -= lr * (1 + math.cos(math.pi * (step - 1) / steps)) / 2 * mhat / (vhat.sqrt() + 1e-8)
     return {k: p.detach() for k, p in params.items()}
 
 
@@ -135,7 +141,7 @@ def _set(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
 def naive_structured(model_dir: Path, batches: list[tuple[torch.Tensor, torch.Tensor]], *, mlp: int = 0,
                      kv: int = 0, blocks: int = 0, experts: int = 0, score: str = "wanda", recovery: str = "none",
                      damp: float = 0.01, adam_steps: int = 0, adam_lr: float = 1e-3, adam_tokens: int = 2048,
-                     seed: int = 0):
+                     target: str = "model", seed: int = 0):
     """Counts to remove per block (mlp channels, kv groups, experts) and in all (blocks).
     Returns (cut checkpoint tensors by key, choices)."""
     from transformers import AutoModelForCausalLM
@@ -210,6 +216,11 @@ def naive_structured(model_dir: Path, batches: list[tuple[torch.Tensor, torch.Te
     # ---- block by block on the cut model
     for d in choices["dropped"]:
         layers[d] = _Skip()
+    dense = None
+    if recovery == "adam" and target == "model" and mlp:  # the reference: the dense model, same blocks dropped
+        dense = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        for d in choices["dropped"]:
+            dense.model.layers[d] = _Skip()
     heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     hpg = heads // n_kv
@@ -255,16 +266,20 @@ def naive_structured(model_dir: Path, batches: list[tuple[torch.Tensor, torch.Te
             choices["removed_channels"][i] = removed
             keep = _kept(wd.shape[1], removed)
             x = y = None
+            post = getattr(layer, "post_feedforward_layernorm", None) or (lambda t: t)
             if recovery == "adam":
+                if dense is not None:  # before _io_of: the two passes must see the same block
+                    drift = _io_of(dense, dense.model.layers[i], batches)[1] - _io_of(model, layer, batches)[1]
                 x, y = _io_of(model, mod, batches)  # dense MLP, current inputs
+                y = post(y) + (drift if dense is not None else 0)
             gate = ckpt[pre + "mlp.gate_proj.weight"][keep].clone()
             up = ckpt[pre + "mlp.up_proj.weight"][keep].clone()
             down = _ls_refit(wd, g, keep, damp) if recovery == "ls" else wd[:, keep].clone()
             if recovery == "adam":
                 act_name = getattr(cfg, "hidden_activation", None) or cfg.hidden_act  # Gemma 3 names it apart
                 act = {"silu": F.silu, "gelu_pytorch_tanh": lambda t: F.gelu(t, approximate="tanh")}[act_name]
-                out = _adam_mlp({"gate": gate, "up": up, "down": down}, act, x, y, adam_steps, adam_lr, adam_tokens,
-                                seed)
+                out = _adam_mlp({"gate": gate, "up": up, "down": down}, act, post, x, y, adam_steps, adam_lr,
+                                adam_tokens, seed)
                 gate, up, down = out["gate"], out["up"], out["down"]
             for name, t in (("gate_proj", gate), ("up_proj", up), ("down_proj", down)):
                 ckpt[pre + f"mlp.{name}.weight"] = t

@@ -150,6 +150,8 @@ def test_experts_then_sparsity_on_the_kept_experts(model_dir, tmp_path):
     for key, w in experts.items():
         assert ((w == 0).sum(dim=1) == w.shape[1] // 2).all(), key  # pruned, and written pruned
     assert 0.49 < report["overall_sparsity"] < 0.51
+    reported = [k for layer in report["layers"] for k in layer["matrices"] if ".experts." in k]
+    assert len(reported) == len(experts)  # the removed experts' matrices are not reported as pruned
 
 
 # -- resume and CLI errors (subprocesses: a real kill) --
@@ -193,6 +195,7 @@ def test_kill_then_resume_is_byte_identical(model_dir, calib_jsonl, tmp_path):
     (["--structured", "blocks=4"], "at least one must stay"),
     (["--structured", "experts=0.5"], "is dense"),
     (["--structured", "wings=0.5"], "unknown key"),
+    (["--structured", "mlp=0.25", "--pattern", "16:32"], "48 input features after the --structured cut"),
     (["--sparsity", "0.5", "--recovery", "ls"], "--recovery does not apply without --structured"),
     (["--structured", "mlp=0.25", "--recovery", "none", "--recovery-steps", "10"], "applies to --recovery adam"),
     (["--structured", "mlp=0.25", "--layerwise", "owl", "--sparsity", "0.5"], "--layerwise does not combine"),

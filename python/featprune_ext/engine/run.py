@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..data.calibration_set import CalibrationSet
-from ..errors import InputError
+from ..errors import FeatpruneError, InputError
 from ..files import atomic_save_torch
 from ..methods import OWL, PruneMethod
 from .background import background_pool
@@ -159,6 +159,7 @@ class _Run:
         self.t_capture, self.t_execute, self.t_resume_point = 0.0, None, None
         self.copy_stream = self.d2h_stream = None  # CUDA: the prefetch and device-to-host streams (transfers.py)
         self.host_copies = {}  # block -> its pruned matrices' pending device-to-host copy
+        self.dense_stream = None  # --structured's recovery target "model": the dense model's hidden states
         # a phase waits for its own kernels (this thread's stream), not for the prefetch and
         # device-to-host copies running beside it on their own streams
         self.timer = PhaseTimer(sync=(lambda: torch.cuda.current_stream(device).synchronize())
@@ -236,8 +237,11 @@ class _Run:
         skel.load_pre_block(torch.cat([b.ids.reshape(-1) for b in batches]), device, skel.dtype)
         calls, hidden = capture_block_calls(skel.model, skel.blocks, batches, device)
         if start_block > 0:  # resume: the saved outputs of the last finished block
-            act = self.config.part / self._act_name(start_block)
-            hidden = [h.to(device) for h in torch.load(act, weights_only=True)]
+            saved = torch.load(self.config.part / self._act_name(start_block), weights_only=True)
+            if isinstance(saved, dict):  # saved beside the dense stream (_resume_payload)
+                self.dense_stream = [h.to(device) for h in saved["dense_stream"]]
+                saved = saved["hidden"]
+            hidden = [h.to(device) for h in saved]
         self.t_capture = time.perf_counter() - t0
         self.timer.add("capture_s", self.t_capture)
         return batches, calls, hidden
@@ -282,6 +286,12 @@ class _Run:
                 self.timer.add("owl_pass_s", progress.layerwise["time_s"])
                 if self.dist.is_writer:
                     self.save_progress()
+            if plan is not None and self.dense_stream is None and \
+                    config.request.structured.options.follows_dense_stream(plan):
+                if start > 0:  # the same options saved it with the inputs: never restart it from the cut stream
+                    raise FeatpruneError(f"{config.part / self._act_name(start)} lacks the dense stream that "
+                                         "--recovery-target model needs: delete the partial output and rerun")
+                self.dense_stream = list(hidden)  # block 0's inputs: the dense and the cut stream agree
         writer = BackgroundWriter(tuning.background_nice)
         loader = background_pool("featprune-prefetch", tuning.background_nice)
         die_after = die_after_block()
@@ -304,6 +314,7 @@ class _Run:
                     if i + 1 < skel.num_blocks:
                         nxt = loader.submit(self._load, i + 1)  # prefetch while this block computes
                     hidden, next_hidden, entries, report = self._block(i, tensors, event, batches, calls, hidden)
+                    next_hidden = self._resume_payload(next_hidden)
                 except RuntimeError as exc:
                     raise block_error(exc, i, skel.block_prefix[i], self.device, progress.batch_size,
                                       config.part.name) from exc
@@ -329,6 +340,12 @@ class _Run:
                 bar.close()
             loader.shutdown(wait=True, cancel_futures=True)
             writer.close()
+
+    def _resume_payload(self, next_hidden):
+        """What a resume point saves: the next block's inputs, with the dense stream when the run carries one."""
+        if self.dense_stream is None or next_hidden is None or next_hidden is _NOT_A_RESUME_POINT:
+            return next_hidden
+        return {"hidden": next_hidden, "dense_stream": [h.to("cpu") for h in self.dense_stream]}
 
     def _dropped(self) -> list[int]:
         """The blocks --structured blocks= removes (chosen by the dense pass before the loop)."""
@@ -370,8 +387,9 @@ class _Run:
             from ..structured.streaming import cut_block
 
             with self.timer.phase("structured_s", sync=True):
-                rel, removed = cut_block(skel, config.structured, config.request.structured.options, i, block,
-                                         tensors, calls[i], hidden, batches, config.calibration.bucket_names, device)
+                rel, removed, self.dense_stream = cut_block(
+                    skel, config.structured, config.request.structured.options, i, block, tensors, calls[i], hidden,
+                    batches, config.calibration.bucket_names, device, self.dense_stream)
             cut = (rel, removed, tensors)
         del tensors
         stats = {}

@@ -106,11 +106,12 @@ class RunConfig:
              dist: DistContext) -> RunConfig:
         """Check the request against the model (InputError before any work) and fix the run."""
         method, n, m = request.method, *(request.pattern or (0, 0))
-        structured = None
+        structured, widths = None, {}
         if request.structured is not None:
-            from ..structured.streaming import plan_for
+            from ..structured.streaming import cut_in_features, plan_for
 
             structured = plan_for(skel, request.structured, dist)
+            widths = cut_in_features(structured)  # an N:M pattern applies to the matrices as cut
             if calibration is None:
                 raise InputError("--structured needs calibration samples (--calib or --calib-texts)")
             if skel.max_positions is not None and calibration.max_len > skel.max_positions:
@@ -126,8 +127,10 @@ class RunConfig:
         selection = request.select.resolve(skel)  # InputError before any work when a pattern matches nothing
         for i in range(skel.num_blocks):
             for pl in selection.pruned(i):
-                if m and pl.in_features % m:
-                    raise InputError(f"{skel.block_prefix[i]}{pl.param_name} has {pl.in_features} input features, "
+                width = widths.get(pl.param_name, pl.in_features)
+                if m and width % m:
+                    after = " after the --structured cut" if pl.param_name in widths else ""
+                    raise InputError(f"{skel.block_prefix[i]}{pl.param_name} has {width} input features{after}, "
                                      f"not a multiple of M={m}: the {n}:{m} pattern cannot apply")
         return cls(request, part, calibration, device, selection,
                    _fingerprint(skel, calibration, request, device, dist), structured)

@@ -41,18 +41,27 @@ from .surgery import (
     rewrite_config,
 )
 
-__all__ = ["Options", "cut_channels_step", "cut_heads_step", "dense_pass", "prune_in_memory", "read_checkpoint",
-           "write_model"]
+__all__ = ["Options", "TARGETS", "advance_dense_stream", "cut_channels_step", "cut_heads_step", "dense_pass",
+           "prune_in_memory", "read_checkpoint", "write_model"]
+
+
+TARGETS = ("model", "block")
 
 
 @dataclass(frozen=True)
 class Options:
+    """The defaults are the arm that measured best on held-out text (bench/results_structured.md)."""
+
     score: str = "wanda"  # channel/group score: scores.SCORES
     recovery: str = "adam"  # recovery.RECOVERIES
     damp: float = 0.01  # least-squares ridge, x mean diagonal of the kept Gram
-    adam_steps: int = 200
-    adam_lr: float = 1e-3
-    adam_tokens: int = 2048  # tokens per minibatch of the MLP refit
+    adam_steps: int = 80
+    adam_lr: float = 2e-3  # the peak: it decays to 0 on a cosine
+    adam_tokens: int = 1024  # tokens per minibatch of the MLP refit
+    # what the MLP's Adam refit matches: "block", the dense MLP on the cut model's inputs; "model", the dense
+    # model's residual stream after the block (the dense block on the dense stream), so each MLP also undoes
+    # the drift the cuts before it left
+    target: str = "model"
     seed: int = 0
 
     def check(self) -> None:
@@ -60,6 +69,12 @@ class Options:
             raise InputError(f"unknown structured score {self.score!r}; choose from {', '.join(SCORES)}")
         if self.recovery not in RECOVERIES:
             raise InputError(f"unknown recovery {self.recovery!r}; choose from {', '.join(RECOVERIES)}")
+        if self.target not in TARGETS:
+            raise InputError(f"unknown recovery target {self.target!r}; choose from {', '.join(TARGETS)}")
+
+    def follows_dense_stream(self, plan: StructuredPlan) -> bool:
+        """Whether the run carries the dense model's residual stream beside the cut one (target="model")."""
+        return self.recovery == "adam" and self.target == "model" and plan.mlp_remove > 0
 
 
 def read_checkpoint(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -245,11 +260,36 @@ def _adam_recover(block, rel: dict, names: list[str], path: str, loss, opts: Opt
     _set_params(block, rel, names)
 
 
+def advance_dense_stream(block, calls, stream: list) -> list:
+    """The block, still dense, run on the dense stream: its outputs per batch. `stream` is consumed, each
+    input freed once used, so the run holds one copy of the dense stream, not two."""
+    return [c.run(block, stream.pop(0)) for c in calls]
+
+
+def _cat_and_clear(parts: list) -> torch.Tensor:
+    """torch.cat(parts), emptying `parts` so the pieces are freed as soon as the whole exists."""
+    whole = torch.cat(parts)
+    parts.clear()
+    return whole
+
+
+def _drift(block, calls, hidden, dense_out, batches) -> torch.Tensor:
+    """dense_out - block(hidden) on the non-padding tokens [N, hidden_size]: what the block's MLP would have to
+    add for the cut stream to rejoin the dense one (the block as it stands: attention cut, MLP dense)."""
+    drift = []
+    for c, h, d, b in zip(calls, hidden, dense_out, batches):
+        diff = d - c.run(block, h)
+        drift.append(diff.reshape(-1, diff.shape[-1])[b.mask.reshape(-1).to(diff.device)])
+    return torch.cat(drift)
+
+
 def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names,
-                      device: torch.device = torch.device("cpu")):
-    """As cut_heads_step, for the MLP's channels (down_proj's input features)."""
+                      device: torch.device = torch.device("cpu"), dense_out: list | None = None):
+    """As cut_heads_step, for the MLP's channels (down_proj's input features). dense_out: the dense block's
+    outputs on the dense stream (Options.target "model"), per batch; None: match the dense MLP only."""
     gate, up, down = layout.mlp
     mlp_path = down.rpartition(".")[0]
+    drift = _drift(block, calls, hidden, dense_out, batches) if dense_out is not None else None  # before the hook
     capture = _Capture(block.get_submodule(mlp_path), [b.mask for b in batches], sequence=False) \
         if opts.recovery == "adam" else None
     gram, tokens = _gram(block, down, calls, hidden, batches, bucket_names, capture, opts, device)
@@ -262,8 +302,14 @@ def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, c
     names = _linear_keys(rel, layout.mlp)
     _set_params(block, rel, names)
     if opts.recovery == "adam":
-        loss = token_loss(block.get_submodule(mlp_path), torch.cat(capture.inputs), torch.cat(capture.outputs),
-                          opts.adam_tokens)
+        post = block.get_submodule(layout.mlp_output_norm) if layout.mlp_output_norm else None
+        inputs, targets = _cat_and_clear(capture.inputs), _cat_and_clear(capture.outputs)
+        if post is not None:
+            targets = post(targets)
+        if drift is not None:
+            targets.add_(drift.to(targets.dtype))
+            del drift
+        loss = token_loss(block.get_submodule(mlp_path), inputs, targets, opts.adam_tokens, post)
         _adam_recover(block, rel, names, mlp_path, loss, opts)
     return rel, {"removed_channels": sorted(set(range(scores.numel())) - set(keep.tolist()))}
 
@@ -291,18 +337,22 @@ def prune_in_memory(model: nn.Module, ckpt: dict, config: dict, plan: Structured
     cut = dict(ckpt)
     if plan.mlp_remove or plan.kv_remove:
         calls, hidden = capture_block_calls(model, blocks, batches, torch.device("cpu"))
+        dense_stream = list(hidden) if opts.follows_dense_stream(plan) else None
         for i, block in enumerate(blocks):
             if i in dropped:
-                continue  # its input goes straight to the next kept block
+                continue  # its input goes straight to the next kept block (the dense stream's too)
             prefix = f"{path}.{i}."
             rel = _block_tensors(cut, prefix)
             entry: dict = {"index": i}
+            dense_out = None if dense_stream is None else advance_dense_stream(block, calls[i], dense_stream)
             if plan.kv_remove:
                 rel, info = cut_heads_step(block, rel, plan, layout, opts, calls[i], hidden, batches, bucket_names)
                 entry.update(info)
             if plan.mlp_remove:
-                rel, info = cut_channels_step(block, rel, plan, layout, opts, calls[i], hidden, batches, bucket_names)
+                rel, info = cut_channels_step(block, rel, plan, layout, opts, calls[i], hidden, batches, bucket_names,
+                                              dense_out=dense_out)
                 entry.update(info)
+            dense_stream = dense_out
             cut = {k: v for k, v in cut.items() if not k.startswith(prefix)}
             cut.update({prefix + k: v for k, v in rel.items()})
             report["blocks"].append(entry)

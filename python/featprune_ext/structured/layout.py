@@ -19,10 +19,12 @@ __all__ = ["LAYOUTS", "Layout", "MoeKeys", "layout_for", "moe_keys"]
 
 @dataclass(frozen=True)
 class Layout:
-    """Module paths inside a block. `attention`: (q, k, v, o); `mlp`: (gate, up, down) or None (MoE only)."""
+    """Module paths inside a block. `attention`: (q, k, v, o); `mlp`: (gate, up, down) or None (MoE only);
+    `mlp_output_norm`: a norm applied to the MLP's output before the residual add (Gemma 3), or None."""
 
     attention: tuple[str, str, str, str] | None
     mlp: tuple[str, str, str] | None
+    mlp_output_norm: str | None = None
 
 
 _LLAMA_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
@@ -34,8 +36,8 @@ LAYOUTS: dict[str, Layout] = {
     "llama": Layout(_LLAMA_ATTENTION, _LLAMA_MLP),
     "mistral": Layout(_LLAMA_ATTENTION, _LLAMA_MLP),
     "qwen2": Layout(_LLAMA_ATTENTION, _LLAMA_MLP),
-    "gemma3_text": Layout(_LLAMA_ATTENTION, _LLAMA_MLP),
-    "gemma3": Layout(_LLAMA_ATTENTION, _LLAMA_MLP),
+    "gemma3_text": Layout(_LLAMA_ATTENTION, _LLAMA_MLP, "post_feedforward_layernorm"),
+    "gemma3": Layout(_LLAMA_ATTENTION, _LLAMA_MLP, "post_feedforward_layernorm"),
     "mixtral": Layout(_LLAMA_ATTENTION, None),
     "qwen2_moe": Layout(_LLAMA_ATTENTION, None),
     "qwen3_moe": Layout(_LLAMA_ATTENTION, None),

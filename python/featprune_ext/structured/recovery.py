@@ -6,14 +6,18 @@
            = (W G[:, keep] + lam W_keep) (G[keep, keep] + lam I)^-1,  lam = damp * mean diag G[keep, keep].
     The ridge pulls toward the kept weights rather than toward zero, so a large damp means "no refit";
     like SparseGPT's percdamp it also keeps the solve well-posed.
-(b) `adam_refit`: a few hundred Adam steps on the kept weights of a module (the MLP, or attention) to match
-    the dense module's outputs on the calibration tokens, one block in memory, deterministic given a seed
-    (the minibatches come from a seeded generator; CPU arithmetic is then the same run to run).
+(b) `adam_refit`: Adam steps on the kept weights of a module (the MLP, or attention) to match a target on
+    the calibration tokens, one block in memory, deterministic given a seed (the minibatches come from a
+    seeded generator; CPU arithmetic is then the same run to run). The learning rate decays to zero on a
+    cosine, so the last steps average out the minibatches' noise instead of adding to it.
     The weights are plugged in with torch.func.functional_call, so the cut tensors need no new module.
+    The target is the dense module's output on the same inputs, or, for the MLP (inmemory.py's
+    target="model"), that plus the drift the earlier cuts left in the residual stream.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -44,15 +48,19 @@ def refit_consumer(weight: torch.Tensor, gram: torch.Tensor, keep, damp: float =
     return refit.to(weight.dtype).contiguous()
 
 
-def token_loss(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_tokens: int) \
+def token_loss(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_tokens: int,
+               post: Callable[[torch.Tensor], torch.Tensor] | None = None) \
         -> Callable[[dict, torch.Generator], torch.Tensor]:
     """Loss of a token-wise module (an MLP): mean squared error on `batch_tokens` tokens drawn at random
-    from inputs/targets [N, hidden] (non-padding tokens only)."""
+    from inputs/targets [N, hidden] (non-padding tokens only). `post`: a fixed function of the module's
+    output before the comparison (Gemma 3's norm on the MLP output)."""
     n = inputs.shape[0]
 
     def loss(params: dict, gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(n, (min(batch_tokens, n),), generator=gen).to(inputs.device)
         pred = functional_call(module, params, (inputs[idx].float(),), strict=False)  # fp32, as the params
+        if post is not None:
+            pred = post(pred)
         return torch.nn.functional.mse_loss(pred.float(), targets[idx].float())
 
     return loss
@@ -77,8 +85,9 @@ def call_loss(module: nn.Module, calls: list[tuple[tuple, dict]], targets: list[
 
 def adam_refit(params: dict[str, torch.Tensor], loss_of: Callable[[dict, torch.Generator], torch.Tensor], *,
                steps: int = 200, lr: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
-    """`steps` Adam steps on copies of `params` (fp32) minimising loss_of(params, generator); returns them in
-    their original dtypes. The generator is seeded: the same inputs give the same weights."""
+    """`steps` Adam steps on copies of `params` (fp32) minimising loss_of(params, generator), the learning
+    rate decaying from `lr` to 0 on a cosine; returns them in their original dtypes. The generator is
+    seeded: the same inputs give the same weights."""
     if steps < 0 or lr <= 0:
         raise ValueError(f"steps must be >= 0 and lr > 0, got {steps}, {lr}")
     dtypes = {k: v.dtype for k, v in params.items()}
@@ -86,7 +95,9 @@ def adam_refit(params: dict[str, torch.Tensor], loss_of: Callable[[dict, torch.G
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(list(trained.values()), lr=lr)
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
             opt.zero_grad(set_to_none=True)
             loss = loss_of(trained, gen)
             loss.backward()

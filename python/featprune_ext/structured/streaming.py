@@ -30,14 +30,14 @@ from ..engine.checkpoint import RawTensor
 from ..engine.moe import UnfusedExperts
 from ..errors import InputError
 from .experts import ExpertSaliency, RoutingCounts, routing_report, watch_experts
-from .inmemory import Options, cut_channels_step, cut_heads_step
+from .inmemory import Options, advance_dense_stream, cut_channels_step, cut_heads_step
 from .layout import layout_for, moe_keys
 from .scores import BlockInfluence, choose_blocks, keep_lowest_removed
 from .spec import StructuredPlan, StructuredSpec, validate
 from .surgery import block_renumbering, cut_experts, rewrite_config
 
-__all__ = ["StructuredRequest", "block_entries", "cut_block", "cut_block_experts", "dense_pass", "output_config",
-           "plan_for", "renumbered_prefix", "renumbering", "report_section", "weight_map"]
+__all__ = ["StructuredRequest", "block_entries", "cut_block", "cut_block_experts", "cut_in_features", "dense_pass",
+           "output_config", "plan_for", "renumbered_prefix", "renumbering", "report_section", "weight_map"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,18 @@ def plan_for(skel, request: StructuredRequest, dist) -> StructuredPlan:
                                  f"{skel.block_key(i, name)!r}; structured cuts need checkpoint names that "
                                  "follow the module tree")
     return plan
+
+
+def cut_in_features(plan: StructuredPlan) -> dict[str, int]:
+    """The consumers' input widths after the cut, by block-relative weight name (down_proj: the kept
+    channels; o_proj: the kept query heads x head_dim): what an N:M pattern must divide."""
+    widths: dict[str, int] = {}
+    if plan.mlp_remove:
+        widths[f"{layout_for(plan.model_type).mlp[2]}.weight"] = plan.intermediate_size - plan.mlp_remove
+    if plan.kv_remove:
+        kept_heads = plan.num_heads - plan.kv_remove * plan.heads_per_group
+        widths[f"{layout_for(plan.model_type).attention[3]}.weight"] = kept_heads * plan.head_dim
+    return widths
 
 
 def _unfused(block) -> UnfusedExperts | None:
@@ -120,20 +132,23 @@ def dense_pass(skel, plan: StructuredPlan, device, batches, bucket_names, calls,
 
 
 def cut_block(skel, plan: StructuredPlan, options: Options, i: int, block, tensors: dict, calls, hidden, batches,
-              bucket_names, device) -> tuple[dict, dict]:
+              bucket_names, device, dense_stream: list | None = None) -> tuple[dict, dict, list | None]:
     """Cut attached block i (its tensors by checkpoint key) as prune_in_memory does: (its tensors by
-    block-relative key after the cut, what was removed)."""
+    block-relative key after the cut, what was removed, the dense stream after the block). dense_stream:
+    the dense model's hidden states entering block i (Options.follows_dense_stream; consumed), else None."""
     prefix = skel.block_prefix[i]
     rel = {k[len(prefix):]: t for k, t in tensors.items()}
     layout = layout_for(plan.model_type)
     entry: dict = {}
+    dense_out = None if dense_stream is None else advance_dense_stream(block, calls, dense_stream)
     if plan.kv_remove:
         rel, info = cut_heads_step(block, rel, plan, layout, options, calls, hidden, batches, bucket_names, device)
         entry.update(info)
     if plan.mlp_remove:
-        rel, info = cut_channels_step(block, rel, plan, layout, options, calls, hidden, batches, bucket_names, device)
+        rel, info = cut_channels_step(block, rel, plan, layout, options, calls, hidden, batches, bucket_names, device,
+                                      dense_out=dense_out)
         entry.update(info)
-    return rel, entry
+    return rel, entry, dense_out
 
 
 def cut_block_experts(rel: dict, record: dict | None, i: int) -> dict:
@@ -152,6 +167,11 @@ def cut_block_shard(skel, plan: StructuredPlan, record: dict | None, i: int, lin
     if matrices:  # the method pruned the cut matrices in place: take them by checkpoint name
         prefix = skel.block_prefix[i]
         rel = {**rel, **{skel.block_key(i, pl.param_name)[len(prefix):]: pl.module.weight.data for pl in linears}}
+    kept = (record or {}).get("experts", {}).get(str(i))
+    if kept is not None:  # the removed experts' matrices are not in the output: nor in the report
+        gone = {skel.block_prefix[i] + key for e, leaves in moe_keys(rel).experts.items()
+                if e not in set(kept["kept_experts"]) for key in leaves.values()}
+        matrices = {k: v for k, v in matrices.items() if k not in gone}
     rel = cut_block_experts(rel, record, i)  # experts chosen by the dense pass
     new = renumbering(plan, record)[i]
     removed["output_index"] = new
