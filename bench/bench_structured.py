@@ -187,11 +187,11 @@ def run(args) -> None:
     timed_settings = {a["spec"] for a in results["arms"] if "decode" in a}
     for arm in args.arms:
         spec_text, score, recovery = arm.split(":")[:3]
-        extra = dict(kv.split("=") for kv in arm.split(":")[3:])  # e.g. damp=1.0, steps=100
+        extra = dict(kv.split("=") for kv in arm.split(":")[3:])  # e.g. damp=1.0, steps=100, target=block
         # what is not given here or on the command line is Options()' default (the library's)
         given = {"damp": (float, args.damp), "steps": (int, args.adam_steps), "lr": (float, args.adam_lr),
-                 "tokens": (int, args.adam_tokens)}
-        fields = {"damp": "damp", "steps": "adam_steps", "lr": "adam_lr", "tokens": "adam_tokens"}
+                 "tokens": (int, args.adam_tokens), "target": (str, None)}
+        fields = {"damp": "damp", "steps": "adam_steps", "lr": "adam_lr", "tokens": "adam_tokens", "target": "target"}
         overrides = {fields[k]: cast(extra.get(k, default)) for k, (cast, default) in given.items()
                      if extra.get(k, default) is not None}
         opts = Options(score=score, recovery=recovery, seed=0, **overrides)
@@ -285,7 +285,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a model directory")
     p.add_argument("--json", required=True)
     p.add_argument("--arms", nargs="*", default=[],
-                   help="SPEC:SCORE:RECOVERY[:damp=X][:steps=N][:lr=X][:tokens=N]; SPEC sparsity=S is the "
+                   help="SPEC:SCORE:RECOVERY[:damp=X][:steps=N][:lr=X][:tokens=N][:target=T]; SPEC sparsity=S is the "
                         "engine's unstructured run with method SCORE")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=256)
