@@ -129,19 +129,24 @@ def plot(results: dict, path: str) -> None:
     colors = {"mlp": "tab:blue", "heads": "tab:orange", "blocks": "tab:green", "combo": "tab:red",
               "sparsity": "tab:gray"}
     y_max = 60.0
+    stacked: dict[float, int] = {}  # off-scale labels at the same x, stacked downwards
     for a in results["arms"]:
         kinds = [p.split("=")[0] for p in a["spec"].split(",")]
         kind = kinds[0] if len(kinds) == 1 else "combo"
         x = 1 - a["params"] / d["params"]
         label = a["spec"].replace(",", "+") + (" (unstructured)" if kind == "sparsity" else "")
+        if a["recovery"] == "adam" and (a["options"] or {}).get("target"):
+            label += f" [target {a['options']['target']}]"
         face = colors[kind] if a["score"] == "wanda" or kind == "blocks" else "none"
         marker = "*" if kind == "sparsity" else markers[a["recovery"]]
         offset = (3, -9 if a["recovery"] == "adam" else 3)
         y = a["ppl"]["en"] / d["ppl"]["en"]
         text = label
+        ax = axes[0][0]
         if y > y_max:  # off the scale (the magnitude score): drawn at the top edge with its value
             text, y = f"{label}: {y:.0f}x (off scale)", y_max
-        ax = axes[0][0]
+            k = stacked[round(x, 3)] = stacked.get(round(x, 3), -1) + 1
+            offset = (6, 3 - 8 * k)
         ax.scatter([x], [y], marker=marker, edgecolors=colors[kind], facecolors=face, s=60)
         ax.annotate(text, (x, y), fontsize=6, xytext=offset, textcoords="offset points")
         if panels == 2 and "tc" in a:
