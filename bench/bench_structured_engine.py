@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_structured import decode_cpu_ratio, heldout_batches, model_dir, params_of, perplexity  # noqa: E402
+from bench_structured import heldout_batches, model_dir, params_of, perplexity  # noqa: E402
+from structured_measure import decode_cpu_ratio  # noqa: E402
 
 
 def prune(src: Path, out: Path, calib: list[str], extra: list[str]) -> dict:
