@@ -450,7 +450,7 @@ def plot_differences(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # recovery none only: the default-recovery arms' differences are tens of times larger and would flatten it
+    # recovery none only: one scale for the channel score's differences (any recovery arms are in the tables)
     tests = [t for t in summary["tests"] if not t["family"].endswith("vs dense") and t["name"].endswith("(none)")]
     choice = [t for t in tests if t["family"].startswith("translation-choice")]
     nll = [t for t in tests if not t["family"].startswith("translation-choice")]
