@@ -4,8 +4,8 @@ language better than monolingual calibration?
 Gemma 3 270M, `featprune prune --structured mlp=0.25`, calibrated on mt:fr-en, mono:fr or mono:en (32 samples,
 4 shots, <= 256 tokens, seed 0: the same settings for all three, so an mt sample, which holds both sides of each
 demonstration, has about twice the tokens of a mono sample; the token counts are recorded), with
-`--recovery none` (only the channel score sees the calibration) and with the CLI's default recovery (Adam
-refit toward the dense block on the calibration tokens). Every model and the dense one are evaluated with the
+`--recovery none` (only the channel score sees the calibration) and with the CLI's default Adam recovery
+(no recovery option given). Every model and the dense one are evaluated with the
 CLI on the corpus and split of docs/study-gemma3-270m.md: translation-choice in fr and zh_CN (200 items),
 perplexity of held-out sentences in en, fr and zh_CN (50 each), and perplexity of held-out prose of another
 domain (dataset-build's eng/fra/zho text, the last 8 x 256 tokens of each file, as bench_structured.py does).
@@ -27,7 +27,7 @@ Tests (stated before any result was seen, following the study's pre-registration
 scored primarily by the per-token mean log-probability (`correct_alt`; the candidates differ in length) with
 the exact McNemar test; the summed score (`correct`) and the CLI's paired bootstrap are reported too.
 Perplexity: paired bootstrap on nats per token (10,000 resamples). Holm's correction within each family:
-(task, comparison kind: mt vs mono, or vs dense) over both recoveries and every language.
+(task, comparison kind: mt vs mono, or vs dense) over the recoveries whose arms exist and every language.
 """
 
 from __future__ import annotations
@@ -450,7 +450,7 @@ def plot_differences(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # recovery none only: the default-recovery arms' differences are tens of times larger and would flatten it
+    # recovery none only: one scale for the channel score's differences (any recovery arms are in the tables)
     tests = [t for t in summary["tests"] if not t["family"].endswith("vs dense") and t["name"].endswith("(none)")]
     choice = [t for t in tests if t["family"].startswith("translation-choice")]
     nll = [t for t in tests if not t["family"].startswith("translation-choice")]
