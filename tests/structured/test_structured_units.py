@@ -47,7 +47,8 @@ def test_validate_counts_round_half_up():
 
 @pytest.mark.parametrize("family,spec,words", [
     ("llama", "mlp=0.999", "leaves 0"),  # a fraction that leaves no channel
-    ("gemma3", "heads=0.5", "leaves 0"),  # its one key/value group
+    ("gemma3", "heads=0.5", "has 1 key/value groups and at least 1 must stay, so heads= cannot remove any"),
+    ("gemma3", "heads=0.25", "cannot remove any"),  # not "the smallest fraction that removes one is 0.5"
     ("llama", "heads=0.1", "removes none; the smallest fraction that removes one is 0.25"),
     ("llama", "blocks=3", "the model has 3 blocks"),
     ("llama", "experts=0.5", "is dense"),

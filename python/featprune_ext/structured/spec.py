@@ -112,6 +112,9 @@ def _count(fraction: float, total: int) -> int:
 def _removal(spec_text: str, key: str, fraction: float, total: int, what: str, keep_at_least: int = 1) -> int:
     if not fraction:
         return 0
+    if total <= keep_at_least:  # e.g. Gemma 3 270M's single key/value group: no fraction can apply
+        raise InputError(f"--structured {spec_text}: each block has {total} {what} and at least {keep_at_least} "
+                         f"must stay, so {key}= cannot remove any")
     n = _count(fraction, total)
     if n == 0:
         raise InputError(f"--structured {spec_text}: {key}={fraction} of {total} {what} removes none; "
