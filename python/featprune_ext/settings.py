@@ -151,8 +151,8 @@ class LayerwiseSettings:
 class StructuredSettings:
     """Structured pruning: whole MLP channels, key/value groups, blocks and experts removed, so the output is a smaller
     dense model (docs/structured.md). The defaults are structured.Options()'s, the arm that measured best on held-out
-    text (bench/results_structured.md): the wanda score; Adam recovery, 80 steps of 1024 tokens, lr 0.01 x each
-    matrix's RMS decaying on a cosine, toward the dense model's residual stream."""
+    text (bench/results_structured.md): the wanda score; Adam recovery, 80 steps of 1024 tokens (drawn from at most
+    8192 kept), lr 0.01 x each matrix's RMS decaying on a cosine, toward the dense model's residual stream."""
 
     TITLE = "structured pruning"
     structured: Optional[str] = _option(None, "remove whole structures: a comma list of mlp=FRACTION (MLP channels "
@@ -175,6 +175,9 @@ class StructuredSettings:
                                                  "decaying to 0 on a cosine (default 0.01)", type="float", metavar="LR")
     recovery_tokens: Optional[int] = _option(None, "adam: calibration tokens per MLP minibatch (default 1024)",
                                              type="positive_int", metavar="N")
+    recovery_fit_tokens: Optional[int] = _option(None, "adam: calibration tokens the MLP refit keeps, drawn at random "
+                                                       "(default 8192): bounds the recovery's memory; scores use "
+                                                       "every token", type="positive_int", metavar="N")
     recovery_target: Optional[str] = _option(None, "adam: what each cut MLP is fit to: model (default: the dense "
                                                    "model's hidden states after the block, which also undoes the "
                                                    "drift of the blocks cut before) or block (the dense MLP's "
@@ -191,7 +194,7 @@ class StructuredSettings:
             return None
         given = {"score": self.structured_score, "recovery": self.recovery, "damp": self.recovery_damp,
                  "adam_steps": self.recovery_steps, "adam_lr": self.recovery_lr, "adam_tokens": self.recovery_tokens,
-                 "target": self.recovery_target}
+                 "fit_tokens": self.recovery_fit_tokens, "target": self.recovery_target}
         return Options(**{k: v for k, v in given.items() if v is not None})
 
 

@@ -12,7 +12,9 @@ Definitions it implements (docs/structured.md):
 - blocks: lowest mean (1 - cos(block input, block output)) over non-padding tokens on the dense model;
 - experts: lowest mean over routed non-padding tokens of routing weight x ||expert output|| on the dense model;
 - LS refit: W' = (W G[:, k] + lam W[:, k]) (G[k, k] + lam I)^-1, lam = damp * mean diag G[k, k];
-- Adam: per step `torch.randint(N, (min(B, N),), generator=gen)` tokens, MSE of post(MLP(x)) (post: Gemma 3's
+- Adam: on at most `fit_tokens` of the N calibration tokens (all when N <= fit_tokens, else the rows
+  `torch.randperm(N, generator seeded with seed)[:fit_tokens]`, in token order), per step
+  `torch.randint(N, (min(B, N),), generator=gen)` tokens, MSE of post(MLP(x)) (post: Gemma 3's
   post_feedforward_layernorm, else identity) to post(dense MLP(x)) (target "block") or to that plus
   d - o (target "model"; d: the dense model's output of the block, a second copy of the model with the same
   blocks dropped; o: the cut model's output of the block with its MLP still dense), Adam with torch's default
@@ -143,7 +145,7 @@ def _set(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
 def naive_structured(model_dir: Path, batches: list[tuple[torch.Tensor, torch.Tensor]], *, mlp: int = 0,
                      kv: int = 0, blocks: int = 0, experts: int = 0, score: str = "wanda", recovery: str = "none",
                      damp: float = 0.01, adam_steps: int = 0, adam_lr: float = 1e-3, adam_tokens: int = 2048,
-                     target: str = "model", seed: int = 0):
+                     target: str = "model", seed: int = 0, fit_tokens: int = 8192):
     """Counts to remove per block (mlp channels, kv groups, experts) and in all (blocks).
     Returns (cut checkpoint tensors by key, choices)."""
     from transformers import AutoModelForCausalLM
@@ -274,6 +276,10 @@ def naive_structured(model_dir: Path, batches: list[tuple[torch.Tensor, torch.Te
                     drift = _io_of(dense, dense.model.layers[i], batches)[1] - _io_of(model, layer, batches)[1]
                 x, y = _io_of(model, mod, batches)  # dense MLP, current inputs
                 y = post(y) + (drift if dense is not None else 0)
+                if x.shape[0] > fit_tokens:
+                    rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:fit_tokens]
+                    rows = torch.tensor(sorted(rows.tolist()))
+                    x, y = x[rows], y[rows]
             gate = ckpt[pre + "mlp.gate_proj.weight"][keep].clone()
             up = ckpt[pre + "mlp.up_proj.weight"][keep].clone()
             down = _ls_refit(wd, g, keep, damp) if recovery == "ls" else wd[:, keep].clone()

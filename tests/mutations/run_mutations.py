@@ -187,14 +187,13 @@ MUTANTS = [
            [("    return norms * rms.double().to(norms.device)", "    return norms  # MUTANT")],
            ["tests/structured/test_structured_agreement.py::test_agrees_with_naive"
             "[llama-mlp=0.25,heads=0.5,blocks=1-wanda-ls]"]),
-    Mutant("structured-dense-stream-stuck", "the engine's dense stream (recovery target \"model\") is not advanced "
-           "past the block: every MLP is fit toward the wrong block's dense outputs",
-           "structured/streaming.py",
-           [("    return rel, entry, dense_out", "    return rel, entry, dense_stream  # MUTANT")],
-           ["tests/structured/test_structured_engine.py::test_engine_equals_in_memory_and_loads"
-            "[llama-mlp=0.25,heads=0.5-wanda-adam]"]),
+    Mutant("structured-dense-stream-stuck", "the dense stream (recovery target \"model\") is not advanced past "
+           "the block: every MLP is fit toward the dense block's input instead of its output",
+           "structured/steps.py",
+           [("else advance_dense_stream(block, calls, dense_stream)", "else list(dense_stream)  # MUTANT")],
+           ["tests/structured/test_structured_agreement.py::test_agrees_with_naive[llama-mlp=0.25-wanda-adam]"]),
     Mutant("structured-post-norm-skipped", "the MLP refit ignores Gemma 3's norm on the MLP output",
-           "structured/inmemory.py",
+           "structured/steps.py",
            [("post = block.get_submodule(layout.mlp_output_norm) if layout.mlp_output_norm else None",
              "post = None  # MUTANT")],
            ["tests/structured/test_structured_agreement.py::test_agrees_with_naive[gemma3-mlp=0.25-wanda-adam]"]),

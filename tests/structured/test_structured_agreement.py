@@ -35,12 +35,12 @@ def _run_library(model_dir, spec, opts):
     return plan, batches, cut, new_config, report
 
 
-CASES = [  # family, spec, score, recovery
+CASES = [  # family, spec, score, recovery[:target[:tokens the fit keeps]]
     *[(f, "mlp=0.25,heads=0.5,blocks=1", "wanda", "ls") for f in ("llama", "mistral", "qwen2", "gemma3")],
     *[(f, "mlp=0.5", "magnitude", "none") for f in ("llama", "qwen2", "gemma3")],
-    *[(f, "mlp=0.25", "wanda", "adam") for f in ("llama", "gemma3")],  # target "model"
-    ("llama", "mlp=0.25,blocks=1", "wanda", "adam:block"),
-    ("gemma3", "mlp=0.25,blocks=1", "wanda", "adam"),
+    *[(f, "mlp=0.25", "wanda", "adam") for f in ("llama", "gemma3")],  # target "model", every token kept
+    ("llama", "mlp=0.25,blocks=1", "wanda", "adam:block:100"),  # 100 of the ~300 calibration tokens
+    ("gemma3", "mlp=0.25,blocks=1", "wanda", "adam:model:100"),
     ("mixtral", "experts=0.4,blocks=1", "wanda", "none"),
     ("qwen2_moe", "experts=0.4", "wanda", "none"),
     ("qwen3_moe", "experts=0.2,heads=0.5", "wanda", "ls"),
@@ -52,15 +52,16 @@ def test_agrees_with_naive(model_dir, family, spec, score, recovery):
     from naive_structured import naive_structured
 
     d = model_dir(family)
-    recovery, _, target = recovery.partition(":")
+    recovery, target, fit = (recovery.split(":") + ["model", "8192"])[:3]
     opts = Options(score=score, recovery=recovery, damp=0.05, adam_steps=12, adam_lr=0.05, adam_tokens=64,
-                   target=target or "model", seed=3)
+                   fit_tokens=int(fit), target=target, seed=3)
     plan, batches, cut, _, report = _run_library(d, spec, opts)
     expected, choices = naive_structured(d, [(b.ids, b.mask) for b in batches], mlp=plan.mlp_remove,
                                          kv=plan.kv_remove, blocks=plan.blocks_remove, experts=plan.experts_remove,
                                          score=score, recovery=recovery, damp=opts.damp, adam_steps=opts.adam_steps,
                                          adam_lr=opts.adam_lr, adam_tokens=opts.adam_tokens, target=opts.target,
-                                         seed=opts.seed)
+                                         seed=opts.seed, fit_tokens=opts.fit_tokens)
+    assert recovery != "adam" or sum(int(b.mask.sum()) for b in batches) > 100  # the capped cases do subsample
     # the same choices
     assert report.get("dropped_blocks", []) == choices["dropped"]
     for entry in report["blocks"]:

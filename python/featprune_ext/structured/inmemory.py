@@ -3,7 +3,8 @@
 It is what bench/bench_structured.py measures and what tests/structured compares with an independent
 naive pruner; the streaming engine (phase 2) runs the same steps one block at a time (docs/structured.md):
 1. one dense pass: block influence (blocks=) and expert saliency and routing (experts=), all blocks at once;
-2. block by block, on the stream of the already-cut blocks (the engine's captured block calls):
+2. block by block, on the stream of the already-cut blocks (the engine's captured block calls), steps.py's
+   cut_block_steps, the engine's own:
    heads: o_proj's input Gram -> group scores -> cut -> recovery; then
    mlp: down_proj's input Gram (after the attention cut) -> channel scores -> cut -> recovery;
    then the cut block runs to give the next block its input. Dropped blocks are skipped.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,59 +23,18 @@ from torch import nn
 
 from ..engine.batches import Batch
 from ..engine.capture import capture_block_calls
-from ..engine.families import PrunableLinear, find_blocks
-from ..engine.hessian import collect_hessians
+from ..engine.families import find_blocks
 from ..engine.moe import UnfusedExperts
 from ..errors import InputError
 from .experts import ExpertSaliency, RoutingCounts, routing_report, watch_experts
 from .layout import layout_for, moe_keys
-from .recovery import RECOVERIES, adam_refit, call_loss, refit_consumer, token_loss
-from .scores import SCORES, BlockInfluence, channel_scores, choose_blocks, group_scores, keep_lowest_removed
+from .options import Options
+from .scores import BlockInfluence, choose_blocks, keep_lowest_removed
 from .spec import StructuredPlan
-from .surgery import (
-    block_renumbering,
-    cut_attention,
-    cut_experts,
-    cut_mlp,
-    head_rows,
-    renumber_block_key,
-    rewrite_config,
-)
+from .steps import cut_block_steps
+from .surgery import block_renumbering, cut_experts, renumber_block_key, rewrite_config
 
-__all__ = ["Options", "TARGETS", "advance_dense_stream", "cut_channels_step", "cut_heads_step", "dense_pass",
-           "prune_in_memory", "read_checkpoint", "write_model"]
-
-
-TARGETS = ("model", "block")
-
-
-@dataclass(frozen=True)
-class Options:
-    """The defaults are the arm that measured best on held-out text (bench/results_structured.md)."""
-
-    score: str = "wanda"  # channel/group score: scores.SCORES
-    recovery: str = "adam"  # recovery.RECOVERIES
-    damp: float = 0.01  # least-squares ridge, x mean diagonal of the kept Gram
-    adam_steps: int = 80
-    adam_lr: float = 0.01  # the peak step, x each tensor's RMS; it decays to 0 on a cosine
-    adam_tokens: int = 1024  # tokens per minibatch of the MLP refit
-    # what the MLP's Adam refit matches: "block", the dense MLP on the cut model's inputs; "model", the dense
-    # model's residual stream after the block (the dense block on the dense stream), so each MLP also undoes
-    # the drift the cuts before it left
-    target: str = "model"
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.score not in SCORES:
-            raise InputError(f"unknown structured score {self.score!r}; choose from {', '.join(SCORES)}")
-        if self.recovery not in RECOVERIES:
-            raise InputError(f"unknown recovery {self.recovery!r}; choose from {', '.join(RECOVERIES)}")
-        if self.target not in TARGETS:
-            raise InputError(f"unknown recovery target {self.target!r}; choose from {', '.join(TARGETS)}")
-
-    def follows_dense_stream(self, plan: StructuredPlan) -> bool:
-        """Whether the run carries the dense model's residual stream beside the cut one (target="model")."""
-        return self.recovery == "adam" and self.target == "model" and plan.mlp_remove > 0
+__all__ = ["Options", "dense_pass", "prune_in_memory", "read_checkpoint", "write_model"]
 
 
 def read_checkpoint(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -92,18 +52,6 @@ def read_checkpoint(model_dir: Path) -> dict[str, torch.Tensor]:
 
 def _block_tensors(ckpt: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in ckpt.items() if k.startswith(prefix)}
-
-
-def _set_params(block: nn.Module, rel: dict, names) -> None:
-    """Replace the block's parameters `names` (block-relative keys) by rel's tensors (new shapes allowed)."""
-    for key in names:
-        path, _, attr = key.rpartition(".")
-        module = block.get_submodule(path)
-        setattr(module, attr, nn.Parameter(rel[key].to(getattr(module, attr).dtype), requires_grad=False))
-
-
-def _linear_keys(rel: dict, names) -> list[str]:
-    return [f"{n}.{p}" for n in names for p in ("weight", "bias") if f"{n}.{p}" in rel]
 
 
 # ------------------------------------------------------------------------------------ dense pass
@@ -181,139 +129,6 @@ def dense_pass(model: nn.Module, ckpt: dict, batches: list[Batch], bucket_names:
     return {"influence": [b.value for b in infl], "saliency": saliency, "routing": routing}
 
 
-# ----------------------------------------------------------------------------- one block's steps
-class _Capture:
-    """Hooks on a module during a pass: its masked inputs/outputs (token-wise) or its calls (sequence-wise)."""
-
-    def __init__(self, module: nn.Module, masks: list, sequence: bool):
-        self.masks, self.sequence = masks, sequence
-        self.inputs, self.outputs, self.calls = [], [], []
-        self.handle = module.register_forward_hook(self._hook, with_kwargs=True)
-
-    def _hook(self, module, args, kwargs, output):
-        out = output[0] if isinstance(output, (tuple, list)) else output
-        if self.sequence:
-            self.calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
-            self.outputs.append(out.detach())
-        else:
-            keep = self.masks[len(self.outputs)].reshape(-1)
-            x = args[0] if args else next(iter(kwargs.values()))
-            self.inputs.append(x.reshape(-1, x.shape[-1])[keep].detach())
-            self.outputs.append(out.reshape(-1, out.shape[-1])[keep].detach())
-
-    def close(self):
-        self.handle.remove()
-
-
-def _gram(block, name: str, calls, hidden, batches, bucket_names, capture: _Capture | None, opts: Options,
-          device: torch.device):
-    """(sum x x^T, tokens) of the input of `name` over the batches (the engine's SparseGPT statistics pass),
-    or (None, 0) without a pass when neither the score nor the recovery reads activations."""
-    if opts.score == "magnitude" and opts.recovery == "none":
-        return None, 0
-    linear = PrunableLinear(name, block.get_submodule(name), transposed=False)
-    try:
-        stats = collect_hessians(block, [linear], calls, hidden, batches, bucket_names, None, device,
-                                 call_orders=None)
-    finally:
-        if capture is not None:
-            capture.close()
-    hs = stats[name]
-    return hs.hessian, int(hs.count.sum())
-
-
-def _rms(gram: torch.Tensor | None, tokens: int) -> torch.Tensor | None:
-    return None if gram is None else (gram.diagonal() / max(tokens, 1)).sqrt()
-
-
-def cut_heads_step(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names,
-                   device: torch.device = torch.device("cpu")):
-    """Block `block` (attached, holding rel's tensors; rel: block-relative checkpoint keys): score its
-    key/value groups on o_proj's streamed input, cut them, recover; the block's parameters are replaced.
-    Returns (the cut rel, the report entry). The streaming engine runs this same step per block."""
-    q, k, v, o = layout.attention
-    attn_path = q.rpartition(".")[0]
-    capture = _Capture(block.get_submodule(attn_path), [b.mask for b in batches], sequence=True) \
-        if opts.recovery == "adam" else None
-    gram, tokens = _gram(block, o, calls, hidden, batches, bucket_names, capture, opts, device)
-    scores = group_scores(rel[f"{o}.weight"], _rms(gram, tokens), plan.num_kv_heads, opts.score)
-    keep = keep_lowest_removed(scores, plan.kv_remove)
-    dense_o = rel[f"{o}.weight"]
-    rel = cut_attention(rel, layout, keep, plan.heads_per_group, plan.head_dim)
-    if opts.recovery == "ls":
-        q_idx, _ = head_rows(keep, plan.heads_per_group, plan.head_dim)
-        rel[f"{o}.weight"] = refit_consumer(dense_o, gram, q_idx, opts.damp)
-    names = _linear_keys(rel, layout.attention)
-    _set_params(block, rel, names)
-    if opts.recovery == "adam":
-        loss = call_loss(block.get_submodule(attn_path), capture.calls, capture.outputs, [b.mask for b in batches])
-        _adam_recover(block, rel, names, attn_path, loss, opts)
-    return rel, {"kept_kv_groups": keep.tolist(), "group_scores": [round(float(s), 6) for s in scores]}
-
-
-def _adam_recover(block, rel: dict, names: list[str], path: str, loss, opts: Options) -> None:
-    """Adam on the cut module's kept weights (`names`, under `path`) against `loss`; the trained weights go
-    into `rel` and the block."""
-    local = {n[len(path) + 1:]: rel[n] for n in names}
-    trained = adam_refit(local, loss, steps=opts.adam_steps, lr=opts.adam_lr, seed=opts.seed)
-    rel.update({f"{path}.{n}": t for n, t in trained.items()})
-    _set_params(block, rel, names)
-
-
-def advance_dense_stream(block, calls, stream: list) -> list:
-    """The block, still dense, run on the dense stream: its outputs per batch. `stream` is consumed, each
-    input freed once used, so the run holds one copy of the dense stream, not two."""
-    return [c.run(block, stream.pop(0)) for c in calls]
-
-
-def _cat_and_clear(parts: list) -> torch.Tensor:
-    """torch.cat(parts), emptying `parts` so the pieces are freed as soon as the whole exists."""
-    whole = torch.cat(parts)
-    parts.clear()
-    return whole
-
-
-def _drift(block, calls, hidden, dense_out, batches) -> torch.Tensor:
-    """dense_out - block(hidden) on the non-padding tokens [N, hidden_size]: what the block's MLP would have to
-    add for the cut stream to rejoin the dense one (the block as it stands: attention cut, MLP dense)."""
-    drift = []
-    for c, h, d, b in zip(calls, hidden, dense_out, batches):
-        diff = d - c.run(block, h)
-        drift.append(diff.reshape(-1, diff.shape[-1])[b.mask.reshape(-1).to(diff.device)])
-    return torch.cat(drift)
-
-
-def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names,
-                      device: torch.device = torch.device("cpu"), dense_out: list | None = None):
-    """As cut_heads_step, for the MLP's channels (down_proj's input features). dense_out: the dense block's
-    outputs on the dense stream (Options.target "model"), per batch; None: match the dense MLP only."""
-    gate, up, down = layout.mlp
-    mlp_path = down.rpartition(".")[0]
-    drift = _drift(block, calls, hidden, dense_out, batches) if dense_out is not None else None  # before the hook
-    capture = _Capture(block.get_submodule(mlp_path), [b.mask for b in batches], sequence=False) \
-        if opts.recovery == "adam" else None
-    gram, tokens = _gram(block, down, calls, hidden, batches, bucket_names, capture, opts, device)
-    scores = channel_scores(rel[f"{down}.weight"], _rms(gram, tokens), opts.score)
-    keep = keep_lowest_removed(scores, plan.mlp_remove)
-    dense_down = rel[f"{down}.weight"]
-    rel = cut_mlp(rel, layout, keep)
-    if opts.recovery == "ls":
-        rel[f"{down}.weight"] = refit_consumer(dense_down, gram, keep, opts.damp)
-    names = _linear_keys(rel, layout.mlp)
-    _set_params(block, rel, names)
-    if opts.recovery == "adam":
-        post = block.get_submodule(layout.mlp_output_norm) if layout.mlp_output_norm else None
-        inputs, targets = _cat_and_clear(capture.inputs), _cat_and_clear(capture.outputs)
-        if post is not None:
-            targets = post(targets)
-        if drift is not None:
-            targets.add_(drift.to(targets.dtype))
-            del drift
-        loss = token_loss(block.get_submodule(mlp_path), inputs, targets, opts.adam_tokens, post)
-        _adam_recover(block, rel, names, mlp_path, loss, opts)
-    return rel, {"removed_channels": sorted(set(range(scores.numel())) - set(keep.tolist()))}
-
-
 # ------------------------------------------------------------------------------------------ driver
 @torch.no_grad()
 def prune_in_memory(model: nn.Module, ckpt: dict, config: dict, plan: StructuredPlan, batches: list[Batch],
@@ -342,20 +157,12 @@ def prune_in_memory(model: nn.Module, ckpt: dict, config: dict, plan: Structured
             if i in dropped:
                 continue  # its input goes straight to the next kept block (the dense stream's too)
             prefix = f"{path}.{i}."
-            rel = _block_tensors(cut, prefix)
-            entry: dict = {"index": i}
-            dense_out = None if dense_stream is None else advance_dense_stream(block, calls[i], dense_stream)
-            if plan.kv_remove:
-                rel, info = cut_heads_step(block, rel, plan, layout, opts, calls[i], hidden, batches, bucket_names)
-                entry.update(info)
-            if plan.mlp_remove:
-                rel, info = cut_channels_step(block, rel, plan, layout, opts, calls[i], hidden, batches, bucket_names,
-                                              dense_out=dense_out)
-                entry.update(info)
-            dense_stream = dense_out
+            rel, entry, dense_stream = cut_block_steps(block, _block_tensors(cut, prefix), plan, layout, opts,
+                                                       calls[i], hidden, batches, bucket_names, torch.device("cpu"),
+                                                       dense_stream)
             cut = {k: v for k, v in cut.items() if not k.startswith(prefix)}
             cut.update({prefix + k: v for k, v in rel.items()})
-            report["blocks"].append(entry)
+            report["blocks"].append({"index": i, **entry})
             if i + 1 < len(blocks):
                 hidden = [c.run(block, h) for c, h in zip(calls[i], hidden)]
     if plan.experts_remove:

@@ -20,10 +20,12 @@ __all__ = ["LAYOUTS", "Layout", "MoeKeys", "layout_for", "moe_keys"]
 @dataclass(frozen=True)
 class Layout:
     """Module paths inside a block. `attention`: (q, k, v, o); `mlp`: (gate, up, down) or None (MoE only);
-    `mlp_output_norm`: a norm applied to the MLP's output before the residual add (Gemma 3), or None."""
+    `mlp_input_norm`: the norm in front of the MLP, whose input is the residual stream the MLP's output is
+    added to; `mlp_output_norm`: a norm applied to the MLP's output before the residual add (Gemma 3), or None."""
 
     attention: tuple[str, str, str, str] | None
     mlp: tuple[str, str, str] | None
+    mlp_input_norm: str | None = None
     mlp_output_norm: str | None = None
 
 
@@ -33,11 +35,11 @@ _LLAMA_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 # Gemma 3's q_norm/k_norm act per head_dim: removing whole heads leaves them unchanged. Qwen2's
 # q/k/v biases are cut with their rows (cut_attention handles any bias present).
 LAYOUTS: dict[str, Layout] = {
-    "llama": Layout(_LLAMA_ATTENTION, _LLAMA_MLP),
-    "mistral": Layout(_LLAMA_ATTENTION, _LLAMA_MLP),
-    "qwen2": Layout(_LLAMA_ATTENTION, _LLAMA_MLP),
-    "gemma3_text": Layout(_LLAMA_ATTENTION, _LLAMA_MLP, "post_feedforward_layernorm"),
-    "gemma3": Layout(_LLAMA_ATTENTION, _LLAMA_MLP, "post_feedforward_layernorm"),
+    "llama": Layout(_LLAMA_ATTENTION, _LLAMA_MLP, "post_attention_layernorm"),
+    "mistral": Layout(_LLAMA_ATTENTION, _LLAMA_MLP, "post_attention_layernorm"),
+    "qwen2": Layout(_LLAMA_ATTENTION, _LLAMA_MLP, "post_attention_layernorm"),
+    "gemma3_text": Layout(_LLAMA_ATTENTION, _LLAMA_MLP, "pre_feedforward_layernorm", "post_feedforward_layernorm"),
+    "gemma3": Layout(_LLAMA_ATTENTION, _LLAMA_MLP, "pre_feedforward_layernorm", "post_feedforward_layernorm"),
     "mixtral": Layout(_LLAMA_ATTENTION, None),
     "qwen2_moe": Layout(_LLAMA_ATTENTION, None),
     "qwen3_moe": Layout(_LLAMA_ATTENTION, None),

@@ -5,8 +5,8 @@ The engine keeps one block in memory at a time. For `--structured`:
    pass) for every block's ShortGPT influence and, in MoE blocks, REAP expert saliency and per-language
    routing counts; the dropped blocks and kept experts are chosen from it and kept in progress.json.
 2. In the loop, a dropped block is neither read nor written (its input goes to the next kept block); a
-   kept block is cut by `cut_block` (the same steps as prune_in_memory: heads, then MLP channels, each on
-   the stream of the already-cut blocks), optionally pruned unstructured afterwards by the run's method,
+   kept block is cut by `cut_block` (steps.cut_block_steps, as in prune_in_memory: heads, then MLP channels,
+   each on the stream of the already-cut blocks), optionally pruned unstructured afterwards by the run's method,
    MoE blocks lose their unkept experts and router rows (the forward keeps them all, as prune_in_memory
    does: expert choices come from the dense pass), and `block_entries` lists its shard under the block's
    new index.
@@ -30,10 +30,11 @@ from ..engine.checkpoint import RawTensor
 from ..engine.moe import UnfusedExperts
 from ..errors import InputError
 from .experts import ExpertSaliency, RoutingCounts, routing_report, watch_experts
-from .inmemory import Options, advance_dense_stream, cut_channels_step, cut_heads_step
 from .layout import layout_for, moe_keys
+from .options import Options
 from .scores import BlockInfluence, choose_blocks, keep_lowest_removed
 from .spec import StructuredPlan, StructuredSpec, validate
+from .steps import cut_block_steps
 from .surgery import block_renumbering, cut_experts, rewrite_config
 
 __all__ = ["StructuredRequest", "block_entries", "cut_block", "cut_block_experts", "cut_in_features", "dense_pass",
@@ -133,22 +134,14 @@ def dense_pass(skel, plan: StructuredPlan, device, batches, bucket_names, calls,
 
 def cut_block(skel, plan: StructuredPlan, options: Options, i: int, block, tensors: dict, calls, hidden, batches,
               bucket_names, device, dense_stream: list | None = None) -> tuple[dict, dict, list | None]:
-    """Cut attached block i (its tensors by checkpoint key) as prune_in_memory does: (its tensors by
-    block-relative key after the cut, what was removed, the dense stream after the block). dense_stream:
-    the dense model's hidden states entering block i (Options.follows_dense_stream; consumed), else None."""
+    """Cut attached block i (its tensors by checkpoint key) with steps.cut_block_steps, as prune_in_memory
+    does: (its tensors by block-relative key after the cut, what was removed, the dense stream after the
+    block). dense_stream: the dense model's hidden states entering block i (Options.follows_dense_stream;
+    consumed), else None."""
     prefix = skel.block_prefix[i]
     rel = {k[len(prefix):]: t for k, t in tensors.items()}
-    layout = layout_for(plan.model_type)
-    entry: dict = {}
-    dense_out = None if dense_stream is None else advance_dense_stream(block, calls, dense_stream)
-    if plan.kv_remove:
-        rel, info = cut_heads_step(block, rel, plan, layout, options, calls, hidden, batches, bucket_names, device)
-        entry.update(info)
-    if plan.mlp_remove:
-        rel, info = cut_channels_step(block, rel, plan, layout, options, calls, hidden, batches, bucket_names, device,
-                                      dense_out=dense_out)
-        entry.update(info)
-    return rel, entry, dense_out
+    return cut_block_steps(block, rel, plan, layout_for(plan.model_type), options, calls, hidden, batches,
+                           bucket_names, device, dense_stream)
 
 
 def cut_block_experts(rel: dict, record: dict | None, i: int) -> dict:
