@@ -341,7 +341,7 @@ class PruneSettings:
             raise InputError("--dtype does not combine with --structured: the forward passes run in the stored dtype")
         recovery = st.options().recovery
         own = {"recovery_damp": "ls", "recovery_steps": "adam", "recovery_lr": "adam", "recovery_tokens": "adam",
-               "recovery_target": "adam"}
+               "recovery_fit_tokens": "adam", "recovery_target": "adam"}
         for name, needs in own.items():
             if getattr(st, name) is not None and recovery != needs:
                 raise InputError(f"{flag_of(name)} applies to --recovery {needs}, not --recovery {recovery}")

@@ -159,7 +159,7 @@ def _cmd(model_dir, out, calib, *extra):
     return [sys.executable, "-m", "featprune_ext.cli", "prune", str(model_dir), "--out", str(out),
             "--calib-texts", str(calib), "--nsamples", "8", "--seqlen", "24", "--batch-size", "3", "--no-progress",
             "--structured", "mlp=0.25,heads=0.5,blocks=1", "--recovery", "adam", "--recovery-steps", "5",
-            "--recovery-tokens", "32", *extra]
+            "--recovery-tokens", "32", "--recovery-fit-tokens", "64", *extra]
 
 
 def _run(args, **env):
@@ -184,6 +184,7 @@ def test_kill_then_resume_is_byte_identical(model_dir, calib_jsonl, tmp_path):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
     report, ref_report = (json.loads((p / "featprune.json").read_text()) for p in (out, ref))
     assert report["resumed_from_block"] == 2
+    assert report["structured"]["options"]["fit_tokens"] == 64  # fewer than the calibration's: a seeded draw
     strip = ("dense_pass_s",)
     assert ({k: v for k, v in report["structured"].items() if k not in strip}
             == {k: v for k, v in ref_report["structured"].items() if k not in strip})

@@ -11,6 +11,7 @@ from featprune_ext.structured import parse_spec, validate
 from featprune_ext.structured.layout import LAYOUTS, moe_keys
 from featprune_ext.structured.recovery import adam_refit, refit_consumer, token_loss
 from featprune_ext.structured.scores import choose_blocks, group_scores, keep_lowest_removed
+from featprune_ext.structured.steps import fit_batches, fit_token_masks
 from featprune_ext.structured.surgery import cut_attention, cut_experts, cut_mlp, rewrite_config
 
 
@@ -208,3 +209,37 @@ def test_adam_refit_steps_each_tensor_relative_to_its_rms():
     torch.testing.assert_close(out["small"], torch.full((4, 3), 0.1 - 0.001))
     torch.testing.assert_close(out["large"], torch.full((2, 5), -2.0 - 0.02))
     assert torch.equal(out["zero"], torch.zeros(3))  # a zero tensor stays put
+
+
+def test_fit_token_masks_draw_a_seeded_subset_of_the_non_padding_tokens():
+    from types import SimpleNamespace
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [SimpleNamespace(mask=torch.rand(3, 7, generator=gen) > 0.3) for _ in range(4)]
+    total = sum(int(b.mask.sum()) for b in batches)
+    assert fit_token_masks(batches, total, seed=5) == [b.mask for b in batches]  # all fit: every token
+    masks = fit_token_masks(batches, 20, seed=5)
+    assert sum(int(m.sum()) for m in masks) == 20
+    for m, b in zip(masks, batches):
+        assert m.shape == b.mask.shape and not (m & ~b.mask).any()  # padding is never drawn
+    flat = torch.cat([b.mask.reshape(-1) for b in batches]).nonzero().squeeze(1)  # token order: batch, row-major
+    drawn = torch.cat([m.reshape(-1) for m in masks]).nonzero().squeeze(1)
+    expected = torch.randperm(total, generator=torch.Generator().manual_seed(5))[:20].sort().values
+    assert torch.equal(drawn, flat[expected])
+    assert all(torch.equal(a, b) for a, b in zip(masks, fit_token_masks(batches, 20, seed=5)))
+    assert not all(torch.equal(a, b) for a, b in zip(masks, fit_token_masks(batches, 20, seed=6)))
+
+
+def test_fit_batches_take_whole_batches_in_a_seeded_order_until_enough_tokens():
+    from types import SimpleNamespace
+
+    sizes = [5, 9, 2, 7, 4, 6]
+    batches = [SimpleNamespace(mask=torch.arange(10) < n) for n in sizes]
+    assert fit_batches(batches, sum(sizes), seed=1) == list(range(6))
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(1)).tolist()
+    taken, total = [], 0
+    while total < 12:
+        taken.append(order[len(taken)])
+        total += sizes[taken[-1]]
+    assert fit_batches(batches, 12, seed=1) == sorted(taken)
+    assert fit_batches(batches, 1, seed=1) == [order[0]]

@@ -14,8 +14,8 @@
     270M's down_proj ~0.014: one absolute rate cannot suit both). It decays to zero on a cosine, so the last
     steps average out the minibatches' noise instead of adding to it.
     The weights are plugged in with torch.func.functional_call, so the cut tensors need no new module.
-    The target is the dense module's output on the same inputs, or, for the MLP (inmemory.py's
-    target="model"), that plus the drift the earlier cuts left in the residual stream.
+    The target is the dense module's output on the same inputs, or, for the MLP (steps.py, target
+    "model"), what the MLP must add to the cut residual stream to put it where the dense model has it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 (streaming.cut_block): key/value groups, then MLP channels, each scored on the stream of the already-cut
 blocks, cut and recovered; the block's parameters are replaced in place (docs/structured.md).
 
-The MLP's Adam refit keeps at most Options.fit_tokens calibration tokens (`fit_token_masks`), so its memory
-does not grow with the calibration set; the Gram matrices behind the scores and the LS refit see every token.
+Adam's refits keep about Options.fit_tokens calibration tokens (the MLP's: `fit_token_masks`; attention's, which
+replays whole calls: `fit_batches`), so their memory does not grow with the calibration set; the Gram matrices
+behind the scores and the LS refit see every token.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from .scores import channel_scores, group_scores, keep_lowest_removed
 from .spec import StructuredPlan
 from .surgery import cut_attention, cut_mlp, head_rows
 
-__all__ = ["advance_dense_stream", "cut_block_steps", "cut_channels_step", "cut_heads_step", "fit_token_masks",
-           "set_params"]
+__all__ = ["advance_dense_stream", "cut_block_steps", "cut_channels_step", "cut_heads_step", "fit_batches",
+           "fit_token_masks", "set_params"]
 
 
 def set_params(block: nn.Module, rel: dict, names) -> None:
@@ -56,16 +57,31 @@ def fit_token_masks(batches, fit_tokens: int, seed: int) -> list[torch.Tensor]:
     return masks
 
 
+def fit_batches(batches, fit_tokens: int, seed: int) -> list[int]:
+    """The batches the attention refit keeps (it replays whole calls, so it keeps whole batches): in the
+    order torch.randperm(len(batches), generator seeded with `seed`), until they hold `fit_tokens`
+    non-padding tokens or all are taken; ascending."""
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
+    kept, tokens = [], 0
+    for b in order:
+        if tokens >= fit_tokens:
+            break
+        kept.append(b)
+        tokens += int(batches[b].mask.sum())
+    return sorted(kept)
+
+
 def _tokens(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """t's [..., hidden] rows where mask [...] holds, as [n, hidden]."""
     return t.reshape(-1, t.shape[-1])[mask.reshape(-1).to(t.device)]
 
 
 class _Capture:
-    """Hooks on a module during a pass, one call per batch: its calls and outputs (sequence-wise), or its
-    input and, with `outputs`, its output on the tokens of `masks` (token-wise, one mask per batch)."""
+    """Hooks on a module during a pass, one call per batch: its calls and outputs in the batches `masks`
+    holds (sequence-wise; masks: {batch index: its mask}), or its input and, with `outputs`, its output on
+    the tokens of `masks` (token-wise; masks: one per batch)."""
 
-    def __init__(self, module: nn.Module, masks: list, sequence: bool, outputs: bool = True):
+    def __init__(self, module: nn.Module, masks, sequence: bool, outputs: bool = True):
         self.masks, self.sequence, self.keep_outputs = masks, sequence, outputs
         self.inputs, self.outputs, self.calls = [], [], []
         self.batch = 0
@@ -74,8 +90,9 @@ class _Capture:
     def _hook(self, module, args, kwargs, output):
         out = output[0] if isinstance(output, (tuple, list)) else output
         if self.sequence:
-            self.calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
-            self.outputs.append(out.detach())
+            if self.batch in self.masks:
+                self.calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
+                self.outputs.append(out.detach())
         else:
             mask = self.masks[self.batch]
             self.inputs.append(_tokens(args[0] if args else next(iter(kwargs.values())), mask).detach())
@@ -132,8 +149,8 @@ def cut_heads_step(block, rel, plan: StructuredPlan, layout, opts: Options, call
     Returns (the cut rel, the report entry)."""
     q, k, v, o = layout.attention
     attn_path = q.rpartition(".")[0]
-    capture = _Capture(block.get_submodule(attn_path), [b.mask for b in batches], sequence=True) \
-        if opts.recovery == "adam" else None
+    fit = {b: batches[b].mask for b in fit_batches(batches, opts.fit_tokens, opts.seed)}
+    capture = _Capture(block.get_submodule(attn_path), fit, sequence=True) if opts.recovery == "adam" else None
     gram, tokens = _gram(block, o, calls, hidden, batches, bucket_names, [capture] if capture else [], opts, device)
     scores = group_scores(rel[f"{o}.weight"], _rms(gram, tokens), plan.num_kv_heads, opts.score)
     keep = keep_lowest_removed(scores, plan.kv_remove)
@@ -145,7 +162,7 @@ def cut_heads_step(block, rel, plan: StructuredPlan, layout, opts: Options, call
     names = _linear_keys(rel, layout.attention)
     set_params(block, rel, names)
     if opts.recovery == "adam":
-        loss = call_loss(block.get_submodule(attn_path), capture.calls, capture.outputs, [b.mask for b in batches])
+        loss = call_loss(block.get_submodule(attn_path), capture.calls, capture.outputs, list(fit.values()))
         _adam_recover(block, rel, names, attn_path, loss, opts)
     return rel, {"kept_kv_groups": keep.tolist(), "group_scores": [round(float(s), 6) for s in scores]}
 
