@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a lent H100/H200, meant to finish in under 8 minutes:
+# One-shot GPU check for a lent H100/H200, meant to finish in under 9.5 minutes:
 #   1. build featprune for sm_90 only (CUDA required) into $WORK/site, which then comes first on PYTHONPATH
 #   2. the CUDA tests (tests/native and tests/models -m cuda: kernels; built-in model code vs transformers)
 #   3. the kernel bench (bench/bench_kernels.py --device cuda)
-#   4. the engine check (bench/gpu_engine_check.py): a 7B-shaped bf16 Llama generated on local disk, pruned
+#   4. the structured check (bench/gpu_structured_check.py, at most 180 s): --structured on the device agrees
+#      with CPU on a tiny Llama; decode and prefill tokens/s of a Qwen2-0.5B-shaped model cut mlp=0.25 / 0.5
+#   5. the engine check (bench/gpu_engine_check.py): a 7B-shaped bf16 Llama generated on local disk, pruned
 #      with 128 x 2048 calibration tokens under a 10 GiB device-memory cap (the model is 12.6 GiB), against
 #      the two-forward-pass floor measured on the same device; prints a short table.
 #
@@ -12,7 +14,7 @@
 #
 # Environment: OUT (logs; default bench/out), FEATPRUNE_GPU_WORK (model and build; default /tmp/featprune_gpu),
 # PYTHON (default: .venv/bin/python if present, else python3), FEATPRUNE_GPU_LAYERS (blocks; default 32),
-# FEATPRUNE_GPU_BUDGET_S (whole-script budget; default 470).
+# FEATPRUNE_GPU_BUDGET_S (whole-script budget; default 560).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=cuda
@@ -27,7 +29,7 @@ done
 OUT_DIR="${OUT:-bench/out}"
 WORK="${FEATPRUNE_GPU_WORK:-/tmp/featprune_gpu}"
 PY="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
-BUDGET="${FEATPRUNE_GPU_BUDGET_S:-470}"
+BUDGET="${FEATPRUNE_GPU_BUDGET_S:-560}"
 mkdir -p "$OUT_DIR" "$WORK"
 T0=$(date +%s)
 log() { echo "== $* ($(( $(date +%s) - T0 )) s)"; }
@@ -77,6 +79,15 @@ rc=${PIPESTATUS[0]}
 RESULT[kernels]="rc $rc"
 [ "$rc" = 0 ] || STATUS=1
 
+log "structured check (device vs CPU choices; tokens/s dense vs cut)"
+SC_ARGS=(--device "$DEVICE" --dir "$WORK/structured" --json "$OUT_DIR/structured_$DEVICE.json" --timeout 120)
+[ "$TINY" = 1 ] && SC_ARGS+=(--tiny)
+timeout "$(( $(left) < 180 ? $(left) : 180 ))" "$PY" bench/gpu_structured_check.py "${SC_ARGS[@]}" 2>&1 \
+  | grep -v "Loading weights" | tee "$OUT_DIR/structured_$DEVICE.txt" | tail -8
+rc=${PIPESTATUS[0]}
+RESULT[structured]="$(grep -E '^gpu_structured_check:' "$OUT_DIR/structured_$DEVICE.txt" | tail -1) (rc $rc)"
+[ "$rc" = 0 ] || STATUS=1
+
 log "engine check (7B-shaped Llama under a device-memory cap, vs the floor)"
 EC_ARGS=(--device "$DEVICE" --dir "$WORK/engine" --timeout "$(( $(left) - 15 ))")
 [ "$TINY" = 1 ] && EC_ARGS+=(--tiny)
@@ -87,6 +98,6 @@ RESULT[engine]="$(grep -E '^gpu_engine_check:' "$OUT_DIR/engine_$DEVICE.txt" | t
 [ "$rc" = 0 ] || STATUS=1
 
 log "summary"
-for k in build tests kernels engine; do printf '%-8s %s\n' "$k" "${RESULT[$k]:-not run}"; done
+for k in build tests kernels structured engine; do printf '%-8s %s\n' "$k" "${RESULT[$k]:-not run}"; done
 echo "total $(( $(date +%s) - T0 )) s; logs in $OUT_DIR"
 exit $STATUS
