@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["RECOVERIES", "adam_refit", "call_loss", "refit_consumer", "token_loss"]
+__all__ = ["RECOVERIES", "adam_refit", "call_loss", "refit_consumer", "rows_loss", "token_loss"]
 
 RECOVERIES = ("none", "ls", "adam")
 
@@ -57,14 +57,22 @@ def token_loss(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, b
     """Loss of a token-wise module (an MLP): mean squared error on `batch_tokens` tokens drawn at random
     from inputs/targets [N, hidden] (non-padding tokens only). `post`: a fixed function of the module's
     output before the comparison (Gemma 3's norm on the MLP output)."""
-    n = inputs.shape[0]
+    return rows_loss(module, lambda idx: (inputs[idx.to(inputs.device)], targets[idx.to(targets.device)]),
+                     inputs.shape[0], batch_tokens, post)
+
+
+def rows_loss(module: nn.Module, rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], n: int,
+              batch_tokens: int, post: Callable[[torch.Tensor], torch.Tensor] | None = None) \
+        -> Callable[[dict, torch.Generator], torch.Tensor]:
+    """As token_loss, with the (inputs, targets) rows of token indices [k] (of n) given by `rows`: so that
+    they can be computed per minibatch instead of kept for every token."""
 
     def loss(params: dict, gen: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(n, (min(batch_tokens, n),), generator=gen).to(inputs.device)
-        pred = functional_call(module, params, (inputs[idx].float(),), strict=False)  # fp32, as the params
+        x, y = rows(torch.randint(n, (min(batch_tokens, n),), generator=gen))
+        pred = functional_call(module, params, (x.float(),), strict=False)  # fp32, as the params
         if post is not None:
             pred = post(pred)
-        return torch.nn.functional.mse_loss(pred.float(), targets[idx].float())
+        return torch.nn.functional.mse_loss(pred.float(), y.float())
 
     return loss
 

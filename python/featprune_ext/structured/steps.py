@@ -15,7 +15,7 @@ from torch import nn
 from ..engine.families import PrunableLinear
 from ..engine.hessian import collect_hessians
 from .options import Options
-from .recovery import adam_refit, call_loss, refit_consumer, token_loss
+from .recovery import adam_refit, call_loss, refit_consumer, rows_loss, token_loss
 from .scores import channel_scores, group_scores, keep_lowest_removed
 from .spec import StructuredPlan
 from .surgery import cut_attention, cut_mlp, head_rows
@@ -74,6 +74,29 @@ def fit_batches(batches, fit_tokens: int, seed: int) -> list[int]:
 def _tokens(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """t's [..., hidden] rows where mask [...] holds, as [n, hidden]."""
     return t.reshape(-1, t.shape[-1])[mask.reshape(-1).to(t.device)]
+
+
+class _StreamRows:
+    """The MLP refit's minibatch rows for target "model", computed per step so that the fit keeps one
+    vector per token, the cut stream's residual r entering the MLP's norm: x = norm(r) is the MLP's input
+    and y = dense_out - r its target, dense_out read in place from the dense stream the run holds anyway."""
+
+    def __init__(self, residual: torch.Tensor, norm: nn.Module, dense_out: list, masks: list):
+        self.residual, self.norm = residual, norm  # residual [N, hidden]: the kept tokens, in batch order
+        self.dense = [d.reshape(-1, d.shape[-1]) for d in dense_out]  # views, no copy
+        rows = [m.reshape(-1).nonzero().squeeze(1) for m in masks]
+        self.batch = torch.cat([torch.full((len(r),), b, dtype=torch.int64) for b, r in enumerate(rows)])
+        self.row = torch.cat(rows)
+
+    def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            r = self.residual[idx.to(self.residual.device)]
+            d = torch.empty(r.shape, dtype=torch.float32, device=r.device)
+            batch, row = self.batch[idx], self.row[idx]
+            for b in batch.unique().tolist():
+                at = (batch == b).nonzero().squeeze(1)
+                d[at.to(d.device)] = self.dense[b][row[at].to(d.device)].float()
+            return self.norm(r), d.sub_(r.float())  # fp32: the difference of two large streams is small
 
 
 class _Capture:
@@ -177,11 +200,10 @@ def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, c
     captures = []
     if opts.recovery == "adam":
         fit = fit_token_masks(batches, opts.fit_tokens, opts.seed)
-        mlp_io = _Capture(block.get_submodule(mlp_path), fit, sequence=False, outputs=dense_out is None)
-        captures.append(mlp_io)
-        if dense_out is not None:  # the residual stream the MLP's output is added to: its norm's input
-            residual = _Capture(block.get_submodule(layout.mlp_input_norm), fit, sequence=False, outputs=False)
-            captures.append(residual)
+        if dense_out is None:  # the dense MLP's inputs and outputs
+            captures.append(_Capture(block.get_submodule(mlp_path), fit, sequence=False))
+        else:  # the residual stream the MLP's output is added to: its norm's input
+            captures.append(_Capture(block.get_submodule(layout.mlp_input_norm), fit, sequence=False, outputs=False))
     gram, tokens = _gram(block, down, calls, hidden, batches, bucket_names, captures, opts, device)
     scores = channel_scores(rel[f"{down}.weight"], _rms(gram, tokens), opts.score)
     keep = keep_lowest_removed(scores, plan.mlp_remove)
@@ -193,14 +215,15 @@ def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, c
     set_params(block, rel, names)
     if opts.recovery == "adam":
         post = block.get_submodule(layout.mlp_output_norm) if layout.mlp_output_norm else None
-        inputs = _cat_and_clear(mlp_io.inputs)
+        mlp = block.get_submodule(mlp_path)
+        captured = captures[0]
         if dense_out is None:
-            targets = _cat_and_clear(mlp_io.outputs)
-            targets = post(targets) if post is not None else targets
-        else:  # in fp32: the difference of two large residual streams is small
-            targets = torch.cat([_tokens(d, m).float() for d, m in zip(dense_out, fit)])
-            targets.sub_(_cat_and_clear(residual.inputs).float())
-        loss = token_loss(block.get_submodule(mlp_path), inputs, targets, opts.adam_tokens, post)
+            inputs, targets = _cat_and_clear(captured.inputs), _cat_and_clear(captured.outputs)
+            loss = token_loss(mlp, inputs, post(targets) if post is not None else targets, opts.adam_tokens, post)
+        else:
+            residual = _cat_and_clear(captured.inputs)
+            rows = _StreamRows(residual, block.get_submodule(layout.mlp_input_norm), dense_out, fit)
+            loss = rows_loss(mlp, rows, residual.shape[0], opts.adam_tokens, post)
         _adam_recover(block, rel, names, mlp_path, loss, opts)
     return rel, {"removed_channels": sorted(set(range(scores.numel())) - set(keep.tolist()))}
 
