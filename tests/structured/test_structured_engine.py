@@ -190,6 +190,29 @@ def test_kill_then_resume_is_byte_identical(model_dir, calib_jsonl, tmp_path):
             == {k: v for k, v in ref_report["structured"].items() if k not in strip})
 
 
+def test_heads_with_adam_on_a_bf16_checkpoint(tmp_path, calib_jsonl, tiny_tokenizer_dir):
+    """The attention refit replays its calls in fp32 (the trained copies' dtype) on a bf16 checkpoint."""
+    from tiny_models import build_tiny_model
+    from transformers import AutoModelForCausalLM
+
+    src = build_tiny_model("llama", tmp_path / "bf16", tokenizer_dir=tiny_tokenizer_dir, dtype=torch.bfloat16)
+    out = tmp_path / "out"
+    done = _run(_cmd(src, out, calib_jsonl))
+    assert done.returncode == 0, done.stderr
+    written = _written(out)
+    assert {t.dtype for t in written.values()} == {torch.bfloat16}
+    kept = json.loads((out / "featprune.json").read_text())["structured"]["blocks"]
+    assert all(len(b["kept_kv_groups"]) == 1 for b in kept if "kept_kv_groups" in b)
+    first = kept[0]
+    o_cut = written[f"model.layers.{first['output_index']}.self_attn.o_proj.weight"]
+    o_dense = load_file(src / "model.safetensors")[f"model.layers.{first['index']}.self_attn.o_proj.weight"]
+    width = o_cut.shape[1]  # one group's query heads
+    group = first["kept_kv_groups"][0]
+    assert not torch.equal(o_cut, o_dense[:, group * width:(group + 1) * width])  # refit, not just cut
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert torch.isfinite(model(input_ids=torch.tensor([[3, 4, 5]])).logits).all()
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--structured", "mlp=1.5"], "fraction in [0, 1)"),
     (["--structured", "mlp=0.001"], "removes none"),

@@ -77,15 +77,29 @@ def rows_loss(module: nn.Module, rows: Callable[[torch.Tensor], tuple[torch.Tens
     return loss
 
 
+def _fp32(value):
+    """value with its floating tensors (in tuples, lists and dicts too) as fp32."""
+    if torch.is_tensor(value):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_fp32(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _fp32(v) for k, v in value.items()}
+    return value
+
+
 def call_loss(module: nn.Module, calls: list[tuple[tuple, dict]], targets: list[torch.Tensor],
               masks: list[torch.Tensor]) -> Callable[[dict, torch.Generator], torch.Tensor]:
     """Loss of a sequence module (attention) called as module(*args, **kwargs) per batch: mean squared error
-    on one randomly drawn batch's non-padding tokens."""
+    on one randomly drawn batch's non-padding tokens. The module runs in fp32 whatever the checkpoint's
+    dtype, as the trained copies are fp32: its other parameters (Gemma 3's q_norm, k_norm) and the call's
+    floating tensors (hidden states, rotary embeddings, mask) are cast for the replay."""
+    frozen = {name: p.detach().float() for name, p in module.named_parameters()}
 
     def loss(params: dict, gen: torch.Generator) -> torch.Tensor:
         b = int(torch.randint(len(calls), (1,), generator=gen))
         args, kwargs = calls[b]
-        out = functional_call(module, params, args, kwargs, strict=False)
+        out = functional_call(module, {**frozen, **params}, _fp32(args), _fp32(kwargs), strict=False)
         out = out[0] if isinstance(out, (tuple, list)) else out
         keep = masks[b].reshape(-1).to(out.device)
         pred = out.reshape(-1, out.shape[-1])[keep].float()

@@ -56,9 +56,6 @@ def plan_for(skel, request: StructuredRequest, dist) -> StructuredPlan:
     """The request checked against the model (InputError before any work)."""
     request.options.check()
     plan = validate(request.spec, skel.config)
-    if plan.kv_remove and request.options.recovery == "adam" and skel.dtype != torch.float32:
-        raise InputError(f"--structured heads= with --recovery adam needs an fp32 checkpoint (this one is "
-                         f"{str(skel.dtype).replace('torch.', '')}): use --recovery ls or none")
     if dist.enabled:
         raise InputError("--structured does not run under torchrun yet: run it on one process")
     layout = layout_for(plan.model_type) if (plan.mlp_remove or plan.kv_remove) else None
