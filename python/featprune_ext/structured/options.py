@@ -22,12 +22,13 @@ class Options:
     score: str = "wanda"  # channel/group score: scores.SCORES
     recovery: str = "adam"  # recovery.RECOVERIES
     damp: float = 0.01  # least-squares ridge, x mean diagonal of the kept Gram
-    adam_steps: int = 80
+    adam_steps: int = 160
     adam_lr: float = 0.01  # the peak step, x each tensor's RMS; it decays to 0 on a cosine
     adam_tokens: int = 1024  # tokens per minibatch of the MLP refit
     # calibration tokens the MLP refit keeps (a seeded uniform draw, steps.fit_token_masks): the recovery's
-    # memory stays bounded however large the calibration set; scores and Gram matrices see every token
-    fit_tokens: int = 8192
+    # memory stays bounded however large the calibration set; scores and Gram matrices see every token.
+    # 32768: all of the CLI's default calibration (128 x 256)
+    fit_tokens: int = 32768
     # what the MLP's Adam refit matches: "block", the dense MLP on the cut model's inputs; "model", the dense
     # model's residual stream after the block (the dense block on the dense stream), so each MLP also undoes
     # the drift the cuts before it left

@@ -99,35 +99,56 @@ class _StreamRows:
             return self.norm(r), d.sub_(r.float())  # fp32: the difference of two large streams is small
 
 
-class _Capture:
-    """Hooks on a module during a pass, one call per batch: its calls and outputs in the batches `masks`
-    holds (sequence-wise; masks: {batch index: its mask}), or its input and, with `outputs`, its output on
-    the tokens of `masks` (token-wise; masks: one per batch)."""
+class _CallCapture:
+    """A forward hook keeping a module's calls (arguments) and outputs in the batches `masks` holds
+    ({batch index: its mask}): what the attention refit replays."""
 
-    def __init__(self, module: nn.Module, masks, sequence: bool, outputs: bool = True):
-        self.masks, self.sequence, self.keep_outputs = masks, sequence, outputs
-        self.inputs, self.outputs, self.calls = [], [], []
-        self.batch = 0
+    def __init__(self, module: nn.Module, masks: dict):
+        self.masks, self.calls, self.outputs, self.batch = masks, [], [], 0
         self.handle = module.register_forward_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs, output):
-        out = output[0] if isinstance(output, (tuple, list)) else output
-        if self.sequence:
-            if self.batch in self.masks:
-                self.calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
-                self.outputs.append(out.detach())
-        else:
-            mask = self.masks[self.batch]
-            self.inputs.append(_tokens(args[0] if args else next(iter(kwargs.values())), mask).detach())
-            if self.keep_outputs:
-                self.outputs.append(_tokens(out, mask).detach())
+        if self.batch in self.masks:
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            self.calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
+            self.outputs.append(out.detach())
         self.batch += 1
 
     def close(self):
         self.handle.remove()
 
 
-def _gram(block, name: str, calls, hidden, batches, bucket_names, captures: list[_Capture], opts: Options,
+class _TokenCapture:
+    """A forward hook keeping a module's input and, with `outputs`, its output on the tokens of `masks` (one
+    per batch), as [tokens, hidden] in batch order, written into tensors allocated at the first call: no
+    pieces to concatenate, so never a second copy."""
+
+    def __init__(self, module: nn.Module, masks: list, outputs: bool = True):
+        self.masks, self.keep_outputs = masks, outputs
+        self.total = sum(int(m.sum()) for m in masks)
+        self.inputs = self.outputs = None
+        self.batch = self.filled = 0
+        self.handle = module.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output):
+        x = args[0] if args else next(iter(kwargs.values()))
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if self.inputs is None:
+            self.inputs = x.new_empty((self.total, x.shape[-1]))
+            self.outputs = out.new_empty((self.total, out.shape[-1])) if self.keep_outputs else None
+        mask = self.masks[self.batch]
+        rows = _tokens(x.detach(), mask)
+        end = self.filled + rows.shape[0]
+        self.inputs[self.filled:end] = rows
+        if self.keep_outputs:
+            self.outputs[self.filled:end] = _tokens(out.detach(), mask)
+        self.filled, self.batch = end, self.batch + 1
+
+    def close(self):
+        self.handle.remove()
+
+
+def _gram(block, name: str, calls, hidden, batches, bucket_names, captures: list, opts: Options,
           device: torch.device):
     """(sum x x^T, tokens) of the input of `name` over the batches (the engine's SparseGPT statistics pass;
     `captures` listen to it and are closed after), or (None, 0) without a pass when neither the score nor
@@ -158,13 +179,6 @@ def _adam_recover(block, rel: dict, names: list[str], path: str, loss, opts: Opt
     set_params(block, rel, names)
 
 
-def _cat_and_clear(parts: list) -> torch.Tensor:
-    """torch.cat(parts), emptying `parts` so the pieces are freed as soon as the whole exists."""
-    whole = torch.cat(parts)
-    parts.clear()
-    return whole
-
-
 def cut_heads_step(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names,
                    device: torch.device = torch.device("cpu")):
     """Block `block` (attached, holding rel's tensors; rel: block-relative checkpoint keys): score its
@@ -173,7 +187,7 @@ def cut_heads_step(block, rel, plan: StructuredPlan, layout, opts: Options, call
     q, k, v, o = layout.attention
     attn_path = q.rpartition(".")[0]
     fit = {b: batches[b].mask for b in fit_batches(batches, opts.fit_tokens, opts.seed)}
-    capture = _Capture(block.get_submodule(attn_path), fit, sequence=True) if opts.recovery == "adam" else None
+    capture = _CallCapture(block.get_submodule(attn_path), fit) if opts.recovery == "adam" else None
     gram, tokens = _gram(block, o, calls, hidden, batches, bucket_names, [capture] if capture else [], opts, device)
     scores = group_scores(rel[f"{o}.weight"], _rms(gram, tokens), plan.num_kv_heads, opts.score)
     keep = keep_lowest_removed(scores, plan.kv_remove)
@@ -201,9 +215,9 @@ def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, c
     if opts.recovery == "adam":
         fit = fit_token_masks(batches, opts.fit_tokens, opts.seed)
         if dense_out is None:  # the dense MLP's inputs and outputs
-            captures.append(_Capture(block.get_submodule(mlp_path), fit, sequence=False))
+            captures.append(_TokenCapture(block.get_submodule(mlp_path), fit))
         else:  # the residual stream the MLP's output is added to: its norm's input
-            captures.append(_Capture(block.get_submodule(layout.mlp_input_norm), fit, sequence=False, outputs=False))
+            captures.append(_TokenCapture(block.get_submodule(layout.mlp_input_norm), fit, outputs=False))
     gram, tokens = _gram(block, down, calls, hidden, batches, bucket_names, captures, opts, device)
     scores = channel_scores(rel[f"{down}.weight"], _rms(gram, tokens), opts.score)
     keep = keep_lowest_removed(scores, plan.mlp_remove)
@@ -218,12 +232,11 @@ def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, c
         mlp = block.get_submodule(mlp_path)
         captured = captures[0]
         if dense_out is None:
-            inputs, targets = _cat_and_clear(captured.inputs), _cat_and_clear(captured.outputs)
-            loss = token_loss(mlp, inputs, post(targets) if post is not None else targets, opts.adam_tokens, post)
+            targets = post(captured.outputs) if post is not None else captured.outputs
+            loss = token_loss(mlp, captured.inputs, targets, opts.adam_tokens, post)
         else:
-            residual = _cat_and_clear(captured.inputs)
-            rows = _StreamRows(residual, block.get_submodule(layout.mlp_input_norm), dense_out, fit)
-            loss = rows_loss(mlp, rows, residual.shape[0], opts.adam_tokens, post)
+            rows = _StreamRows(captured.inputs, block.get_submodule(layout.mlp_input_norm), dense_out, fit)
+            loss = rows_loss(mlp, rows, captured.total, opts.adam_tokens, post)
         _adam_recover(block, rel, names, mlp_path, loss, opts)
     return rel, {"removed_channels": sorted(set(range(scores.numel())) - set(keep.tolist()))}
 
