@@ -251,7 +251,7 @@ def table(results: dict) -> str:
     for a in results["arms"]:
         opt = a["options"] or {}
         rec = a["recovery"] + (f" (damp {opt['damp']})" if a["recovery"] == "ls" else "") + \
-            (f" ({opt['adam_steps']} steps, lr {opt['adam_lr']}, {opt['adam_tokens']} tok"
+            (f" ({opt['adam_steps'] or 'auto'} steps, lr {opt['adam_lr']}, {opt['adam_tokens']} tok"
              + (f", target {opt['target']})" if "target" in opt else ")") if a["recovery"] == "adam" else "")
         score = a["score"] if any(k in a["spec"] for k in ("mlp", "heads", "sparsity")) else "block influence"
         spec = a["spec"] + (" (unstructured)" if a["spec"].startswith("sparsity") else "")

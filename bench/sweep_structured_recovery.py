@@ -8,7 +8,7 @@ samples are the bench's, 128 the CLI's default count) and measures perplexity on
 held-out English and French prose (bench_structured.heldout_batches: the last 8 x 256 tokens of
 dataset-build's eng/fra files). One intra-op thread. Appends one JSON line per run to --out.
 
-    python bench/sweep_structured_recovery.py --out bench/structured_recovery_sweep.jsonl --steps 160
+    python bench/sweep_structured_recovery.py --out bench/structured_recovery_sweep.jsonl --nsamples 128 --steps 80
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--model", default="smollm2")
     p.add_argument("--spec", default="mlp=0.25")
-    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--steps", type=int, help="default: Options()' (80-160 by the kept tokens)")
     p.add_argument("--lr", type=float, default=0.01, help="peak, relative to each matrix's RMS")
     p.add_argument("--tokens", type=int, default=1024)
     p.add_argument("--target", default="model", choices=("model", "block"))

@@ -151,8 +151,9 @@ class LayerwiseSettings:
 class StructuredSettings:
     """Structured pruning: whole MLP channels, key/value groups, blocks and experts removed, so the output is a smaller
     dense model (docs/structured.md). The defaults are structured.Options()'s, the arm that measured best on held-out
-    text (bench/results_structured.md): the wanda score; Adam recovery, 160 steps of 1024 tokens (drawn from at most
-    32768 kept), lr 0.01 x each matrix's RMS decaying on a cosine, toward the dense model's residual stream."""
+    text (bench/results_structured.md): the wanda score; Adam recovery, 80-160 steps (8 passes) of 1024 tokens
+    drawn from at most 32768 kept, lr 0.01 x each matrix's RMS decaying on a cosine, toward the dense model's
+    residual stream."""
 
     TITLE = "structured pruning"
     structured: Optional[str] = _option(None, "remove whole structures: a comma list of mlp=FRACTION (MLP channels "
@@ -169,8 +170,8 @@ class StructuredSettings:
                                       choices=("adam", "ls", "none"))
     recovery_damp: Optional[float] = _option(None, "ls: ridge, a fraction of the kept Gram's mean diagonal "
                                                    "(default 0.01)", type="float", metavar="F")
-    recovery_steps: Optional[int] = _option(None, "adam: steps per cut module (default 160)", type="positive_int",
-                                            metavar="N")
+    recovery_steps: Optional[int] = _option(None, "adam: steps per cut module (default: about 8 passes over the kept "
+                                                  "tokens, 80 to 160)", type="positive_int", metavar="N")
     recovery_lr: Optional[float] = _option(None, "adam: peak learning rate relative to each weight matrix's RMS, "
                                                  "decaying to 0 on a cosine (default 0.01)", type="float", metavar="LR")
     recovery_tokens: Optional[int] = _option(None, "adam: calibration tokens per MLP minibatch (default 1024)",

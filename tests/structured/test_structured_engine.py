@@ -185,6 +185,7 @@ def test_kill_then_resume_is_byte_identical(model_dir, calib_jsonl, tmp_path):
     report, ref_report = (json.loads((p / "featprune.json").read_text()) for p in (out, ref))
     assert report["resumed_from_block"] == 2
     assert report["structured"]["options"]["fit_tokens"] == 64  # fewer than the calibration's: a seeded draw
+    assert {b["mlp_refit_steps"] for b in report["structured"]["blocks"] if "mlp_refit_steps" in b} == {5}
     strip = ("dense_pass_s",)
     assert ({k: v for k, v in report["structured"].items() if k not in strip}
             == {k: v for k, v in ref_report["structured"].items() if k not in strip})

@@ -243,3 +243,18 @@ def test_fit_batches_take_whole_batches_in_a_seeded_order_until_enough_tokens():
         total += sizes[taken[-1]]
     assert fit_batches(batches, 12, seed=1) == sorted(taken)
     assert fit_batches(batches, 1, seed=1) == [order[0]]
+
+
+def test_auto_adam_steps_are_eight_passes_within_bounds():
+    from featprune_ext.structured import Options
+    from featprune_ext.structured.options import AUTO_STEPS
+
+    auto = Options()
+    assert auto.adam_steps is None and AUTO_STEPS == (80, 160)
+    assert auto.steps_for(5135) == 80  # 8 x 5135 / 1024 = 40: the floor
+    assert auto.steps_for(12800) == 100  # 8 passes
+    assert auto.steps_for(21893) == 160  # 171: the ceiling
+    assert Options(adam_tokens=512).steps_for(8000) == 125
+    assert Options(adam_steps=7).steps_for(21893) == 7
+    with pytest.raises(InputError, match="adam_steps must be at least 1"):
+        Options(adam_steps=0).check()

@@ -170,13 +170,15 @@ def _rms(gram: torch.Tensor | None, tokens: int) -> torch.Tensor | None:
     return None if gram is None else (gram.diagonal() / max(tokens, 1)).sqrt()
 
 
-def _adam_recover(block, rel: dict, names: list[str], path: str, loss, opts: Options) -> None:
-    """Adam on the cut module's kept weights (`names`, under `path`) against `loss`; the trained weights go
-    into `rel` and the block."""
+def _adam_recover(block, rel: dict, names: list[str], path: str, loss, opts: Options, tokens: int) -> int:
+    """Adam on the cut module's kept weights (`names`, under `path`) against `loss` over `tokens` kept
+    calibration tokens; the trained weights go into `rel` and the block. Returns the steps run."""
     local = {n[len(path) + 1:]: rel[n] for n in names}
-    trained = adam_refit(local, loss, steps=opts.adam_steps, lr=opts.adam_lr, seed=opts.seed)
+    steps = opts.steps_for(tokens)
+    trained = adam_refit(local, loss, steps=steps, lr=opts.adam_lr, seed=opts.seed)
     rel.update({f"{path}.{n}": t for n, t in trained.items()})
     set_params(block, rel, names)
+    return steps
 
 
 def cut_heads_step(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names,
@@ -198,10 +200,12 @@ def cut_heads_step(block, rel, plan: StructuredPlan, layout, opts: Options, call
         rel[f"{o}.weight"] = refit_consumer(dense_o, gram, q_idx, opts.damp)
     names = _linear_keys(rel, layout.attention)
     set_params(block, rel, names)
+    info = {"kept_kv_groups": keep.tolist(), "group_scores": [round(float(s), 6) for s in scores]}
     if opts.recovery == "adam":
         loss = call_loss(block.get_submodule(attn_path), capture.calls, capture.outputs, list(fit.values()))
-        _adam_recover(block, rel, names, attn_path, loss, opts)
-    return rel, {"kept_kv_groups": keep.tolist(), "group_scores": [round(float(s), 6) for s in scores]}
+        tokens = sum(int(m.sum()) for m in fit.values())
+        info["attention_refit_steps"] = _adam_recover(block, rel, names, attn_path, loss, opts, tokens)
+    return rel, info
 
 
 def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, calls, hidden, batches, bucket_names,
@@ -227,6 +231,7 @@ def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, c
         rel[f"{down}.weight"] = refit_consumer(dense_down, gram, keep, opts.damp)
     names = _linear_keys(rel, layout.mlp)
     set_params(block, rel, names)
+    info = {"removed_channels": sorted(set(range(scores.numel())) - set(keep.tolist()))}
     if opts.recovery == "adam":
         post = block.get_submodule(layout.mlp_output_norm) if layout.mlp_output_norm else None
         mlp = block.get_submodule(mlp_path)
@@ -237,8 +242,8 @@ def cut_channels_step(block, rel, plan: StructuredPlan, layout, opts: Options, c
         else:
             rows = _StreamRows(captured.inputs, block.get_submodule(layout.mlp_input_norm), dense_out, fit)
             loss = rows_loss(mlp, rows, captured.total, opts.adam_tokens, post)
-        _adam_recover(block, rel, names, mlp_path, loss, opts)
-    return rel, {"removed_channels": sorted(set(range(scores.numel())) - set(keep.tolist()))}
+        info["mlp_refit_steps"] = _adam_recover(block, rel, names, mlp_path, loss, opts, captured.total)
+    return rel, info
 
 
 def advance_dense_stream(block, calls, stream: list) -> list:
