@@ -188,8 +188,10 @@ def cut_heads_step(block, rel, plan: StructuredPlan, layout, opts: Options, call
     Returns (the cut rel, the report entry)."""
     q, k, v, o = layout.attention
     attn_path = q.rpartition(".")[0]
-    fit = {b: batches[b].mask for b in fit_batches(batches, opts.fit_tokens, opts.seed)}
-    capture = _CallCapture(block.get_submodule(attn_path), fit) if opts.recovery == "adam" else None
+    fit = capture = None
+    if opts.recovery == "adam":
+        fit = {b: batches[b].mask for b in fit_batches(batches, opts.fit_tokens, opts.seed)}
+        capture = _CallCapture(block.get_submodule(attn_path), fit)
     gram, tokens = _gram(block, o, calls, hidden, batches, bucket_names, [capture] if capture else [], opts, device)
     scores = group_scores(rel[f"{o}.weight"], _rms(gram, tokens), plan.num_kv_heads, opts.score)
     keep = keep_lowest_removed(scores, plan.kv_remove)
