@@ -5,7 +5,8 @@
    (featprune.json), and the largest difference of the written tensors (the refits run in fp32 on both).
 2. Speed: a Qwen2-0.5B-shaped random model (bench/synth_model.py, bf16) cut with `mlp=0.25` and `mlp=0.5`
    (recovery none: random weights make recovery meaningless, and the shapes alone set the speed) on the
-   device; then greedy decode tokens/s at batch 1 and 8 and prefill tokens/s of one forward, dense and cut
+   device; then greedy decode tokens/s at batch 1 and 8 and prefill tokens/s of one forward (last-position
+   logits, as bench/structured_measure.py), dense and cut
    loaded with stock transformers on the device, timed interleaved (dense, cut, dense, cut, ...) with CUDA
    synchronised, after a warm-up.
 Prints a table and writes --json; exits non-zero when the choices differ or a step fails.
@@ -27,6 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "helpers"))
+import structured_measure as measure  # noqa: E402  (bench/, next to this file)
 
 
 def cli_prune(src: Path, out: Path, calib: Path, device: str, extra: list[str], timeout: float) -> float:
@@ -86,15 +88,13 @@ def speed(dense, cut, device, vocab: int, new_tokens: int, rounds: int, prefill_
             ids = prompt if kind == "decode" else \
                 torch.randint(3, vocab, (batch, prefill_tokens), generator=gen).to(device)
 
-            def run(model, ids=ids, kind=kind):
+            def run(model, ids=ids, kind=kind):  # the CPU bench's calls, timed with the device synchronised
                 _sync(device)
                 t = time.perf_counter()
-                with torch.no_grad():
-                    if kind == "decode":
-                        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                       pad_token_id=0)
-                    else:
-                        model(input_ids=ids, use_cache=False)
+                if kind == "decode":
+                    measure.decode_seconds(model, ids, new_tokens)
+                else:
+                    measure.prefill(model, ids)
                 _sync(device)
                 return time.perf_counter() - t
 

@@ -25,7 +25,7 @@ def decode_seconds(model, prompt: torch.Tensor, new_tokens: int) -> float:
 
 
 @torch.no_grad()
-def _prefill(model, ids: torch.Tensor) -> None:
+def prefill(model, ids: torch.Tensor) -> None:
     # What generate's first step computes: the whole prompt through the body, logits of the last position only
     # (Gemma 3's 262k-entry output matrix would otherwise dominate).
     model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1)
@@ -65,7 +65,7 @@ def prefill_cpu_ratio(dense, cut, batch: int, tokens: int, vocab: int, rounds: i
     """Prompt tokens per CPU second of one forward over batch x tokens (random token ids: the work per token
     does not depend on which tokens they are)."""
     ids = torch.randint(10, vocab - 1, (batch, tokens), generator=torch.Generator().manual_seed(0))
-    td, tc = _interleaved_cpu_seconds(lambda: _prefill(dense, ids), lambda: _prefill(cut, ids), rounds)
+    td, tc = _interleaved_cpu_seconds(lambda: prefill(dense, ids), lambda: prefill(cut, ids), rounds)
     n = batch * tokens * rounds
     return {"batch": batch, "tokens": tokens, "rounds": rounds, "threads": 1,
             "dense_tok_per_cpu_s": round(n / td, 2), "cut_tok_per_cpu_s": round(n / tc, 2),
