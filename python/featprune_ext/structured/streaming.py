@@ -37,7 +37,7 @@ from .spec import StructuredPlan, StructuredSpec, validate
 from .steps import cut_block_steps
 from .surgery import block_renumbering, cut_experts, rewrite_config
 
-__all__ = ["StructuredRequest", "block_entries", "cut_block", "cut_block_experts", "cut_in_features", "dense_pass",
+__all__ = ["StructuredRequest", "block_entries", "cut_block", "cut_block_shard", "cut_in_features", "dense_pass",
            "output_config", "plan_for", "renumbered_prefix", "renumbering", "report_section", "weight_map"]
 
 
@@ -141,12 +141,10 @@ def cut_block(skel, plan: StructuredPlan, options: Options, i: int, block, tenso
                            bucket_names, device, dense_stream)
 
 
-def cut_block_experts(rel: dict, record: dict | None, i: int) -> dict:
-    """Block i's tensors without the experts the dense pass did not keep (and their router rows)."""
+def _kept_experts(record: dict | None, i: int) -> list[int] | None:
+    """The experts the dense pass kept in block i (None: not an MoE block, or no experts= cut)."""
     kept = (record or {}).get("experts", {}).get(str(i))
-    if kept is None:
-        return rel
-    return cut_experts(rel, moe_keys(rel), torch.tensor(kept["kept_experts"], dtype=torch.int64))
+    return None if kept is None else kept["kept_experts"]
 
 
 def cut_block_shard(skel, plan: StructuredPlan, record: dict | None, i: int, linears, cut, matrices: dict):
@@ -157,12 +155,13 @@ def cut_block_shard(skel, plan: StructuredPlan, record: dict | None, i: int, lin
     if matrices:  # the method pruned the cut matrices in place: take them by checkpoint name
         prefix = skel.block_prefix[i]
         rel = {**rel, **{skel.block_key(i, pl.param_name)[len(prefix):]: pl.module.weight.data for pl in linears}}
-    kept = (record or {}).get("experts", {}).get(str(i))
-    if kept is not None:  # the removed experts' matrices are not in the output: nor in the report
-        gone = {skel.block_prefix[i] + key for e, leaves in moe_keys(rel).experts.items()
-                if e not in set(kept["kept_experts"]) for key in leaves.values()}
-        matrices = {k: v for k, v in matrices.items() if k not in gone}
-    rel = cut_block_experts(rel, record, i)  # experts chosen by the dense pass
+    kept = _kept_experts(record, i)
+    if kept is not None:  # the experts the dense pass did not keep, and their router rows, leave the output
+        moe = moe_keys(rel)
+        gone = {skel.block_prefix[i] + key for e, leaves in moe.experts.items() if e not in kept
+                for key in leaves.values()}
+        matrices = {k: v for k, v in matrices.items() if k not in gone}  # and the report
+        rel = cut_experts(rel, moe, torch.tensor(kept, dtype=torch.int64))
     new = renumbering(plan, record)[i]
     removed["output_index"] = new
     if not matrices:  # no unstructured pruning: report the cut matrices' shapes, dense
